@@ -1,0 +1,1 @@
+"""One module per ``wodrop`` sub-command; each exposes ``run(args) -> exit code``."""
