@@ -173,9 +173,7 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{loc}: unknown key (check the spelling against config/example.yaml)"
     msg = str(err["msg"])
     msg = msg.removeprefix("Value error, ")
-    if kind == "literal_error":
-        msg = msg.replace("Input should be", "expected")
-    elif kind.endswith("_type") or kind.endswith("_parsing"):
+    if kind == "literal_error" or kind.endswith("_type") or kind.endswith("_parsing"):
         msg = msg.replace("Input should be", "expected")
     return f"{loc}: {msg}"
 

@@ -1,0 +1,129 @@
+"""Filesystem steps that must never lose or overwrite a user's folder.
+
+Moves are renames within one filesystem (atomic, no copy) that refuse to replace anything: a name
+already taken gets a ``.<UTC yyyymmddTHHMMSS>`` suffix (then ``-2``, ``-3``...). Reports are written
+to a temp file, fsynced and renamed, so a crash leaves either no report or a whole one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+
+
+class NotSameFilesystem(Exception):
+    """inbox/processing/done/failed span filesystems: a claim or a move would be a copy, not a rename."""
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """rename(2) that fails with FileExistsError instead of replacing ``dst`` (even an empty directory).
+
+    Uses renameat2(RENAME_NOREPLACE) where the kernel and filesystem support it; on filesystems that
+    don't (some NFS/CIFS mounts answer EINVAL) it falls back to check-then-rename, which is what the
+    share can offer.
+    """
+    if _renameat2 is not None:
+        rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), str(src), None, str(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.rename(src, dst)
+
+
+def utc_stamp(now: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if now is None else now, UTC).strftime("%Y%m%dT%H%M%S")
+
+
+def free_names(dest_dir: Path, name: str, suffixes: Sequence[str] = ("",)) -> Iterable[str]:
+    """Candidate names: ``name``, ``name.<stamp>``, ``name.<stamp>-2``, ... The ``suffixes`` (e.g.
+    ``".error.json"``) must all be free for a candidate, so a folder and its report share one name."""
+    def free(candidate: str) -> bool:
+        return not any(os.path.lexists(dest_dir / f"{candidate}{s}") for s in suffixes)
+
+    if free(name):
+        yield name
+    stamp = f"{name}.{utc_stamp()}"
+    for n in range(1, 10_000):
+        candidate = stamp if n == 1 else f"{stamp}-{n}"
+        if free(candidate):
+            yield candidate
+    raise FileExistsError(errno.EEXIST, f"no free name for {name} in {dest_dir}")
+
+
+def move_no_clobber(src: Path, dest_dir: Path, *, also_free: Sequence[str] = ()) -> Path:
+    """Rename ``src`` into ``dest_dir`` under its own name, or a suffixed one if taken; returns the path.
+
+    ``also_free`` lists suffixes that must be free too (``.error.json`` for failed/).
+    """
+    for candidate in free_names(dest_dir, src.name, ("", *also_free)):
+        dst = dest_dir / candidate
+        try:
+            rename_noreplace(src, dst)
+            return dst
+        except FileExistsError:
+            continue  # lost a race for that name: take the next
+    raise AssertionError("unreachable")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some network filesystems refuse fsync on directories; the rename itself is done
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` via a temp file + fsync + rename (never a half-written report)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def failure_report(work_order: str, stage: str, errors: list[dict[str, Any]], now: float | None = None) -> dict[str, Any]:
+    """The ``failed/<WO>.error.json`` document (DESIGN.md section 2)."""
+    failed_at = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    return {
+        "work_order": work_order,
+        "stage": stage,
+        "failed_at": failed_at.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "errors": [
+            {"code": e["code"], "file": e.get("file"), "message": e["message"]} for e in errors
+        ],
+    }
+
+
+def check_same_filesystem(paths: dict[str, Path]) -> None:
+    """Refuse to run when the folders wodrop renames between live on different filesystems."""
+    devices: dict[int, list[str]] = {}
+    for key, p in paths.items():
+        devices.setdefault(os.stat(p).st_dev, []).append(f"{key} ({p})")
+    if len(devices) > 1:
+        groups = "; ".join(", ".join(v) for v in devices.values())
+        raise NotSameFilesystem(
+            f"these folders must be on one filesystem so that moves are atomic renames: {groups}"
+        )
