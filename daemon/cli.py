@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = command("upload", "upload one archive with a resumable upload (re-run to resume)")
     sp.add_argument("archive", metavar="ARCHIVE")
     g = sp.add_mutually_exclusive_group()
-    g.add_argument("--batch-id", metavar="ID", help="an existing platform batch (its upload URL is looked up)")
+    g.add_argument("--batch-id", metavar="ID", help="an existing platform batch (upload URL looked up)")
     g.add_argument("--upload-url", metavar="URL", help="a resumable upload URL (no API call is made)")
     sp.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
 

@@ -141,7 +141,7 @@ class StatusConfig(_Section):
     def _host_port(cls, v: str | None) -> str | None:
         if v is None or v == "" or v.lower() in ("off", "none", "false"):
             return None
-        host, sep, port = v.rpartition(":")
+        _host, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError("expected HOST:PORT like 127.0.0.1:9410, or off")
         return v

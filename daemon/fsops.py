@@ -104,7 +104,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def failure_report(work_order: str, stage: str, errors: list[dict[str, Any]], now: float | None = None) -> dict[str, Any]:
+def failure_report(
+    work_order: str, stage: str, errors: list[dict[str, Any]], now: float | None = None
+) -> dict[str, Any]:
     """The ``failed/<WO>.error.json`` document (DESIGN.md section 2)."""
     failed_at = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     return {

@@ -33,7 +33,9 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) ->
         final = [
             structlog.processors.format_exc_info,
             redact.structlog_processor,
-            structlog.dev.ConsoleRenderer(colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback),
+            structlog.dev.ConsoleRenderer(
+                colors=stream.isatty(), exception_formatter=structlog.dev.plain_traceback
+            ),
         ]
     structlog.configure(
         processors=shared + final,
