@@ -238,7 +238,7 @@ class StateDB:
         return rows[0]
 
     def batches(self, states: Iterable[str] | None = None, *, limit: int | None = None) -> list[BatchRow]:
-        sql, args = "SELECT * FROM batches", []
+        sql, args = "SELECT * FROM batches", list[str]()
         if states is not None:
             st = list(states)
             sql += f" WHERE state IN ({','.join('?' * len(st))})"
@@ -327,7 +327,8 @@ class StateDB:
         self, *, states: Iterable[str] | None = None, batch_id: int | None = None,
         name: str | None = None, limit: int | None = None, newest_first: bool = False,
     ) -> list[WorkOrderRow]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if states is not None:
             st = list(states)
             where.append(f"state IN ({','.join('?' * len(st))})")
