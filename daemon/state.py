@@ -66,7 +66,8 @@ _MIGRATIONS: dict[int, str] = {
         name         TEXT NOT NULL,
         state        TEXT NOT NULL,
         batch_id     INTEGER REFERENCES batches(id),
-        path         TEXT NOT NULL,
+        path         TEXT NOT NULL,                        -- where the folder is now
+        dest         TEXT,                                 -- where a move in progress is taking it
         bytes        INTEGER NOT NULL DEFAULT 0,
         files        INTEGER NOT NULL DEFAULT 0,
         error_stage  TEXT,
@@ -117,6 +118,7 @@ class WorkOrderRow:
     state: str
     batch_id: int | None
     path: str
+    dest: str | None
     bytes: int
     files: int
     error_stage: str | None
@@ -367,6 +369,13 @@ class StateDB:
             )
         return self.work_orders(states=["claimed"])
 
+    def plan_move(self, wo_id: int, dest: Path) -> None:
+        """Record where a folder is about to be renamed to, so recovery can tell a done move from a
+        pending one after a crash between the rename and :meth:`finish_work_order`."""
+        with self.transaction() as db:
+            db.execute("UPDATE work_orders SET dest = ?, updated_at = ? WHERE id = ?",
+                       (str(dest), time.time(), wo_id))
+
     def finish_work_order(
         self, wo_id: int, state: str, path: Path, *, stage: str | None = None,
         errors: list[dict[str, Any]] | None = None,
@@ -375,17 +384,17 @@ class StateDB:
         now = time.time()
         with self.transaction() as db:
             db.execute(
-                "UPDATE work_orders SET state = ?, path = ?, error_stage = ?, errors = ?, finished_at = ?,"
-                " updated_at = ? WHERE id = ?",
+                "UPDATE work_orders SET state = ?, path = ?, dest = NULL, error_stage = ?, errors = ?,"
+                " finished_at = ?, updated_at = ? WHERE id = ?",
                 (state, str(path), stage, json.dumps(errors) if errors else None, now, now, wo_id),
             )
 
-    def was_uploaded(self, name: str) -> bool:
-        """True when a work order of this id is in a batch the server confirmed (duplicate check)."""
+    def is_duplicate(self, name: str, exclude_id: int | None = None) -> bool:
+        """True when another work order of this id is in an archive or already uploaded (so a second
+        copy dropped while the first is in flight is caught too)."""
         row = self._db.execute(
-            "SELECT 1 FROM work_orders w JOIN batches b ON w.batch_id = b.id"
-            " WHERE w.name = ? AND b.state IN ('uploaded', 'done') LIMIT 1",
-            (name,),
+            "SELECT 1 FROM work_orders WHERE name = ? AND id != ? AND state IN ('batched', 'done') LIMIT 1",
+            (name, -1 if exclude_id is None else exclude_id),
         ).fetchone()
         return row is not None
 
