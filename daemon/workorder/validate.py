@@ -79,8 +79,8 @@ class WorkOrderReport:
     def to_dict(self) -> dict[str, Any]:
         """The ``wodrop validate --json`` shape of one work order."""
         return {
-            "id": self.id,
-            "path": str(self.path),
+            "id": display_name(self.id),
+            "path": display_name(str(self.path)),
             "valid": self.valid,
             "errors": [e.to_dict() for e in self.errors],
             "files": [f.name for f in self.files],
