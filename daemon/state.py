@@ -398,6 +398,13 @@ class StateDB:
         ).fetchone()
         return row is not None
 
+    def count_finished_since(self, state: str, since: float) -> int:
+        """Work orders that reached ``state`` at or after unix time ``since`` ("failed today")."""
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM work_orders WHERE state = ? AND finished_at >= ?", (state, since)
+        ).fetchone()
+        return int(row[0])
+
     def counts(self) -> dict[str, dict[str, int]]:
         """``{"work_orders": {state: n}, "batches": {state: n}}`` for status and metrics."""
         out: dict[str, dict[str, int]] = {"work_orders": {}, "batches": {}}
