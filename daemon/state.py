@@ -288,6 +288,10 @@ class StateDB:
             last_error=reason,
         )
 
+    def set_digest(self, batch_id: int, *, md5: str, crc32c: str) -> None:
+        """Cache checksums hashed outside the batcher (``wodrop upload``), so a resume need not re-hash."""
+        self._update_batch(batch_id, md5=md5, crc32c=crc32c)
+
     def set_offset(self, batch_id: int, offset: int) -> None:
         self._update_batch(batch_id, committed_offset=offset)
 
