@@ -107,7 +107,6 @@ async def watchdog_loop(notifier: Notifier, runtime: Runtime, *, status_every: f
                 text = summary_line(collect_status(runtime.db, runtime, recent=5))
             except Exception as e:  # a status line must never take the watchdog down
                 text = redact(f"status unavailable: {e}")
-            if text != last_text:
-                notifier.status(text)
+            if text != last_text and notifier.status(text):
                 last_text = text
         await asyncio.sleep(step)

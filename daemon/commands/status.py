@@ -15,6 +15,7 @@ from typing import Any
 
 from daemon.cli import EXIT_FAILED, EXIT_OK, load_cli_config
 from daemon.redact import redact
+from daemon.secrets import SecretError, resolve_api_key
 from daemon.state import StateDB, StateError
 from daemon.status.collect import collect_status, empty_status
 from daemon.units import format_duration, format_size
@@ -77,6 +78,10 @@ def render_text(status: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_cli_config(args)
+    try:  # known secrets get masked wherever they might have slipped into a stored message
+        resolve_api_key(cfg)
+    except SecretError:
+        pass  # reading the key is not needed to show status
     path = cfg.paths.db
     if not path.exists():
         reason = f"no state yet: the daemon has not run with this config (state: {path})"

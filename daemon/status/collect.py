@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from daemon.redact import redact_value
+from daemon.redact import redact_value, register_secret
 from daemon.runtime import Runtime
 from daemon.state import ACTIVE_BATCH_STATES, BatchRow, StateDB, WorkOrderRow
 
@@ -33,6 +33,7 @@ def _local_midnight(now: float) -> float:
 
 
 def _batch(row: BatchRow, runtime: Runtime | None) -> dict[str, Any]:
+    register_secret(row.upload_url)  # masks it in any stored error message that quotes it
     live = runtime.uploads.get(row.id) if runtime else None
     total = row.size if row.size is not None else (live.total if live else None)
     sent = row.size if row.state in ("uploaded", "done") and row.size is not None else row.committed_offset
