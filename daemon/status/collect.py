@@ -108,8 +108,9 @@ def _health(status: dict[str, Any]) -> dict[str, str]:
             return {"level": "warn", "reason": "Shutting down: finishing the current step"}
         if not d["ready"]:
             return {"level": "warn", "reason": "Starting up: recovering state and scanning the inbox"}
-    # An old error on a batch that is moving again is history, not a problem: only stalled ones count.
-    retrying = [b for b in uploading if b["last_error"] and not b["rate_bytes_per_s"]]
+    # An old error on a batch that is moving again is history, not a problem: only stalled ones count
+    # (known only inside the daemon; elsewhere the batch table shows the last error).
+    retrying = [b for b in uploading if d and b["last_error"] and not b["rate_bytes_per_s"]]
     if retrying:
         b = retrying[0]
         return {"level": "warn", "reason": f"Retrying {b['name']} (attempt {b['attempts']}): "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 from datetime import UTC, datetime
+from pathlib import PurePath
 from typing import Any
 
 from daemon import __version__
@@ -35,7 +36,7 @@ h2{font-size:15px;margin:22px 0 10px;color:var(--mute);text-transform:uppercase;
 .tile.bad .n{color:var(--error)}
 .batch{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:12px 16px;
 margin-bottom:10px}
-.batch .top{display:flex;justify-content:space-between;gap:10px;margin-bottom:8px}
+.batch .top{display:flex;justify-content:space-between;align-items:center;gap:10px;margin-bottom:8px}
 .batch .name{font-weight:600;font-family:ui-monospace,monospace}
 .bar{height:14px;background:#eaeef2;border-radius:7px;overflow:hidden}
 .bar span{display:block;height:100%;background:linear-gradient(90deg,#0969da,#54aeff)}
@@ -69,6 +70,12 @@ def _ago(ts: str | None, now: datetime) -> str:
         return ""
     seconds = (now - datetime.fromisoformat(ts)).total_seconds()
     return f"{format_duration(seconds)} ago"
+
+
+def _short(path: str | None) -> str:
+    """``/srv/share/failed/WO_1`` -> ``failed/WO_1``: the folder that matters; the title has it all."""
+    p = PurePath(path or "")
+    return f"{p.parent.name}/{p.name}" if p.parent.name else p.name
 
 
 def _progress(b: dict[str, Any]) -> str:
@@ -121,7 +128,7 @@ def _failures(failures: list[dict[str, Any]], now: datetime) -> str:
             f'<tr><td class="mono">{_e(f["work_order"])}</td><td>{_e(f["stage"])}</td>'
             f'<td><ul class="reasons">{reasons}</ul></td>'
             f'<td class="when" title="{_e(f["failed_at"])}">{_e(_ago(f["failed_at"], now))}</td>'
-            f'<td class="mono">{_e(f["path"])}</td></tr>'
+            f'<td class="mono" title="{_e(f["path"])}">{_e(_short(f["path"]))}</td></tr>'
         )
     return ("<table><tr><th>Work order</th><th>Stage</th><th>Reasons</th><th>Failed</th><th>Now in</th>"
             "</tr>" + "".join(rows) + "</table>")

@@ -1,0 +1,72 @@
+"""``wodrop status`` as a real subprocess against a real state DB, while a writer holds a transaction."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers.statusdb import API_KEY, UPLOAD_URL, populate, write_config
+
+REPO = Path(__file__).resolve().parent.parent
+SECRETS = (API_KEY, UPLOAD_URL, "SECRET-UPLOAD-ID")
+
+
+def wodrop_status(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CUSTOMER_API_KEY": API_KEY}  # as the daemon's own environment would have it
+    return subprocess.run([sys.executable, "-m", "daemon", "status", "-c", str(config), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_human_and_json_while_a_writer_holds_a_transaction(tmp_path: Path) -> None:
+    fx = populate(tmp_path)
+    writer = sqlite3.connect(fx.cfg.paths.db, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE batches SET state = 'failed' WHERE id = ?", (fx.done_id,))
+    try:
+        human = wodrop_status(fx.config_path)
+        as_json = wodrop_status(fx.config_path, "--json")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+    assert human.returncode == 0, human.stderr
+    out = human.stdout
+    assert "Health: 2 work orders failed today" in out
+    up_line = next(line for line in out.splitlines() if "batch-20240611-0002" in line)
+    assert up_line.split()[0] == "uploading" and "100.0 MiB / 250.0 MiB (40%)" in up_line
+    done_line = next(line for line in out.splitlines() if "batch-20240611-0001" in line)
+    assert done_line.split()[0] == "done"  # the uncommitted write is not seen
+    assert "- bad_image_name [photo.gif]: photo.gif is not a JPEG or PNG image" in out
+    assert "WO_rejected  upload" in out
+    assert "Batches by state: done 1, uploading 1" in out
+    assert "Work orders by state: batched 2, done 3, failed 2" in out
+
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert [b["name"] for b in data["batches"]] == ["batch-20240611-0002", "batch-20240611-0001"]
+    assert data["batches"][0]["percent"] == 40.0 and data["batches"][0]["rate_bytes_per_s"] is None
+    assert [f["work_order"] for f in data["failures"]] == ["WO_rejected", "WO_bad_<script>"]
+    assert data["daemon"] is None and data["inbox"] is None
+
+    for text in (human.stdout, human.stderr, as_json.stdout):
+        for secret in SECRETS:
+            assert secret not in text
+    assert "«redacted»" in human.stdout
+
+    fx.db.close()  # no daemon running any more: no -wal/-shm files, still readable
+    assert wodrop_status(fx.config_path).returncode == 0
+
+
+def test_no_state_yet_is_not_an_error(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    r = wodrop_status(config)
+    assert r.returncode == 0
+    assert r.stdout.strip() == ("no state yet: the daemon has not run with this config "
+                                f"(state: {tmp_path / 'state' / 'wodrop.sqlite3'})")
+    data = json.loads(wodrop_status(config, "--json").stdout)
+    assert data["batches"] == [] and data["failures"] == [] and "no state yet" in data["health"]["reason"]
+    assert not (tmp_path / "state").exists()  # looking did not create anything
