@@ -135,8 +135,11 @@ def collect_status(db: StateDB, runtime: Runtime | None = None, *, recent: int =
     """Snapshot: active batches then the ``recent`` latest finished ones, the ``recent`` latest
     failures, counts by state, and with a runtime the inbox backlog and daemon state."""
     now, now_mono = time.time(), time.monotonic()
-    rows = db.batches(ACTIVE_BATCH_STATES)[::-1] + db.batches(FINISHED_BATCH_STATES, limit=recent)
-    failures = db.work_orders(states=["failed"], limit=recent, newest_first=True)
+    rows = db.batches(ACTIVE_BATCH_STATES)[::-1]
+    failures: list[WorkOrderRow] = []
+    if recent > 0:  # the DB reads limit=0 as "no limit"
+        rows += db.batches(FINISHED_BATCH_STATES, limit=recent)
+        failures = db.work_orders(states=["failed"], limit=recent, newest_first=True)
     status: dict[str, Any] = {
         "generated_at": iso(now),
         "daemon": _daemon(runtime, now_mono) if runtime else None,
