@@ -402,6 +402,11 @@ class StateDB:
         ).fetchone()
         return row is not None
 
+    def last_uploaded_at(self) -> float | None:
+        """Unix time the server last confirmed a whole batch (the metric survives restarts)."""
+        row = self._db.execute("SELECT MAX(uploaded_at) FROM batches").fetchone()
+        return None if row[0] is None else float(row[0])
+
     def count_finished_since(self, state: str, since: float) -> int:
         """Work orders that reached ``state`` at or after unix time ``since`` ("failed today")."""
         row = self._db.execute(

@@ -112,6 +112,8 @@ async def test_metrics_families_and_derived_gauges(served: Served) -> None:
     assert value("wodrop_pending_folders") == 3
     assert 125 <= value("wodrop_oldest_pending_age_seconds") < 200
     assert value("wodrop_api_key_accepted") == 1
+    uploaded_at = served.fx.db.batch(served.fx.done_id).uploaded_at
+    assert value("wodrop_last_successful_upload_timestamp_seconds") == pytest.approx(uploaded_at)
     assert value("wodrop_work_orders", outcome="invalid") >= 0  # known labels exist from the start
 
     served.fx.runtime.auth_error = "403 Forbidden"

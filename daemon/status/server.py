@@ -117,6 +117,9 @@ def refresh_gauges(rt: Runtime) -> None:
     metrics.PENDING_FOLDERS.set(len(rt.pending))
     metrics.OLDEST_PENDING_AGE.set(rt.oldest_pending_age())
     metrics.API_KEY_OK.set(0 if rt.auth_error else 1)
+    last = rt.db.last_uploaded_at()
+    if last is not None:
+        metrics.LAST_UPLOAD.set(last)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
