@@ -90,7 +90,7 @@ class FormatConfig(_Section):
 class BatchConfig(_Section):
     max_bytes: Size = 512 * 1024**2
     max_work_orders: int = Field(default=1000, ge=1)
-    max_age: Duration = 30.0
+    max_age: Duration = 10.0
     max_sealed: int = Field(default=4, ge=1, description="sealed batches waiting in the spool")
     min_free_space: Size = 1024**3
 

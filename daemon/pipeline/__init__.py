@@ -1,0 +1,1 @@
+"""The daemon's pipeline: discover -> settle -> claim -> validate -> batch -> upload -> finish."""

@@ -1,0 +1,41 @@
+"""Validate claimed work orders: invalid ones go to ``failed/`` with a report, valid ones to the batcher."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from daemon.logs import get_logger
+from daemon.pipeline.finish import Finisher
+from daemon.runtime import Runtime
+from daemon.workorder.validate import WorkOrderReport, validate_work_order
+
+log = get_logger("wodrop.validate")
+
+
+def _answer(value: bool) -> Callable[[str], bool]:
+    return lambda _name: value
+
+
+async def validator(runtime: Runtime, finisher: Finisher, inbox: asyncio.Queue[int],
+                    out: asyncio.Queue[tuple[int, WorkOrderReport]]) -> None:
+    db = runtime.db
+    while True:
+        wo_id = await inbox.get()
+        row = db.work_order(wo_id)
+        cfg = runtime.cfg
+        # The DB lives on this thread: decide the duplicate question here, hand the answer to the thread.
+        dup = db.is_duplicate(row.name, exclude_id=wo_id)
+        report = await asyncio.to_thread(
+            validate_work_order, Path(row.path), cfg.format, ready_marker=cfg.watch.ready_marker,
+            is_duplicate=_answer(dup) if cfg.format.on_duplicate == "reject" else None,
+        )
+        if report.id != row.name:
+            log.error("work_order_id_mismatch", folder=report.id, expected=row.name)
+        if report.valid:
+            log.info("work_order_valid", work_order=row.name, files=len(report.files),
+                     bytes=report.total_bytes)
+            await out.put((wo_id, report))
+        else:
+            await finisher.fail_work_order(row, "validation", [e.to_dict() for e in report.errors])

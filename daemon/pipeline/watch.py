@@ -1,0 +1,108 @@
+"""Discover: wake the intake when the inbox's top level changes.
+
+watchfiles (inotify, or polling on network filesystems where inotify sees nothing of other clients'
+writes) only *wakes* the intake early; the periodic full rescan is what guarantees nothing is missed
+(events are lost on inotify overflow, on shares, and while the watcher restarts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import watchfiles
+
+from daemon.logs import get_logger
+from daemon.runtime import Runtime
+
+log = get_logger("wodrop.watch")
+
+NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "9p", "afs", "glusterfs", "davfs"})
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (``\\040``)."""
+    return field.encode().decode("unicode_escape") if "\\" in field else field
+
+
+def filesystem_type(path: Path, mountinfo: str | None = None) -> str:
+    """The fstype of the mount holding ``path``, from ``/proc/self/mountinfo`` ("" if unknown)."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return ""
+    target = os.path.realpath(path)
+    best, best_type = "", ""
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fields = left.split()
+        if len(fields) < 5:
+            continue
+        mount_point = _unescape(fields[4])
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, right.split()[0]
+    return best_type
+
+
+def is_network_fs(fstype: str) -> bool:
+    return fstype in NETWORK_FS or fstype.startswith("fuse.") or fstype == "fuse"
+
+
+def choose_polling(mode: str, inbox: Path) -> bool:
+    """``watch.mode``: events, polling, or auto (polling on network filesystems)."""
+    if mode == "polling":
+        return True
+    if mode == "events":
+        return False
+    return is_network_fs(filesystem_type(inbox))
+
+
+class _TopLevel:
+    """Our own filter (not DefaultFilter, which hides names a user may legitimately use): only the
+    inbox's direct entries matter, a change deep inside a folder is seen by the settle rescans."""
+
+    def __init__(self, inbox: Path) -> None:
+        self._inbox = os.path.realpath(inbox)
+
+    def __call__(self, change: watchfiles.Change, path: str) -> bool:
+        return os.path.dirname(path) == self._inbox
+
+
+async def watch_inbox(runtime: Runtime, wake: asyncio.Event, stop: asyncio.Event) -> None:
+    """Set ``wake`` on every top-level change; restart the watcher (and force a rescan) if it dies."""
+    cfg = runtime.cfg
+    polling = choose_polling(cfg.watch.mode, cfg.paths.inbox)
+    delay = 1.0
+    while not stop.is_set():
+        runtime.watcher = "polling" if polling else "events"
+        log.info("watcher_started", mode=runtime.watcher, inbox=str(cfg.paths.inbox))
+        try:
+            async for _changes in watchfiles.awatch(
+                os.path.realpath(cfg.paths.inbox),
+                watch_filter=_TopLevel(cfg.paths.inbox),
+                recursive=False,
+                force_polling=polling,
+                poll_delay_ms=max(50, int(cfg.watch.poll_interval * 1000)),
+                debounce=200,
+                step=50,
+                stop_event=stop,
+                rust_timeout=5000,
+                yield_on_timeout=False,
+            ):
+                wake.set()
+                delay = 1.0
+            return  # stop_event set
+        except Exception as e:  # the watcher must never take the daemon down
+            runtime.watcher = "restarting"
+            log.warning("watcher_failed", error=f"{type(e).__name__}: {e}", retry_in=delay)
+            wake.set()  # rescan now: events may have been lost
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            delay = min(delay * 2, 60.0)
