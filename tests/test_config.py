@@ -1,0 +1,155 @@
+"""Config loading: units, env overrides, field-precise errors, and config/example.yaml kept in sync."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from daemon.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "config" / "example.yaml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "wodrop.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_a_file() -> None:
+    cfg = load_config(None, environ={})
+    assert cfg == Config()
+    assert cfg.batch.max_bytes == 512 * 1024**2 and cfg.upload.read_timeout == 300.0
+
+
+def test_sizes_and_durations(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, """
+batch: {max_bytes: 2GB, min_free_space: 1.5GiB, max_age: 5m}
+upload: {chunk_size: 256KiB, max_bandwidth: 2MB, read_timeout: 1h, connect_timeout: 500ms}
+watch: {settle: 30s, poll_interval: 2}
+"""), environ={})
+    assert cfg.batch.max_bytes == 2_000_000_000
+    assert cfg.batch.min_free_space == int(1.5 * 1024**3)
+    assert cfg.batch.max_age == 300.0
+    assert (cfg.upload.chunk_size, cfg.upload.max_bandwidth) == (262144, 2_000_000)
+    assert (cfg.upload.read_timeout, cfg.upload.connect_timeout) == (3600.0, 0.5)
+    assert (cfg.watch.settle, cfg.watch.poll_interval) == (30.0, 2.0)
+
+
+def test_env_overrides_win_over_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "upload: {concurrency: 3}\nformat: {task_groups: [A]}\n")
+    cfg = load_config(path, environ={
+        "WODROP__UPLOAD__CONCURRENCY": "5",
+        "WODROP__BATCH__MAX_BYTES": "1GiB",
+        "WODROP__FORMAT__TASK_GROUPS": "[A, B]",
+        "WODROP__WATCH__READY_MARKER": ".ready",
+        "WODROP__API__URL": "",
+        "UNRELATED": "x",
+    })
+    assert cfg.upload.concurrency == 5
+    assert cfg.batch.max_bytes == 1024**3
+    assert cfg.format.task_groups == ["A", "B"]
+    assert cfg.watch.ready_marker == ".ready"
+    assert cfg.api.url is None
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "paths: {inbox: drop, done: /srv/done}\n"), environ={})
+    assert cfg.paths.inbox == tmp_path / "drop"
+    assert cfg.paths.done == Path("/srv/done")
+    assert cfg.paths.db == tmp_path / "wodrop-data" / "state" / "wodrop.sqlite3"
+
+
+@pytest.mark.parametrize(("text", "environ", "message"), [
+    ("batch: {max_bytes: lots}", {}, "batch.max_bytes: expected a size like 512MiB"),
+    ("watch: {settle: soon}", {}, "watch.settle: expected a duration like 30s or 5m"),
+    ("upload: {chunk_size: 100000}", {}, "upload.chunk_size: expected a multiple of 256KiB"),
+    ("upload: {concurrency: 0}", {}, "upload.concurrency:"),
+    ("format: {image_check: pixels}", {}, "format.image_check: expected 'markers' or 'decode'"),
+    ("format: {work_order_id_pattern: '[a-'}", {}, "format.work_order_id_pattern: expected a regular exp"),
+    ("batch: {max_byte: 1GiB}", {}, "batch.max_byte: unknown key"),
+    ("uploads: {concurrency: 2}", {}, "uploads: unknown key"),
+    ("", {"WODROP__BATCH__MAX_BYTES": "huge"}, "batch.max_bytes: expected a size like 512MiB"),
+    ("", {"WODROP__CONCURRENCY": "2"}, "WODROP__CONCURRENCY: expected WODROP__SECTION__KEY"),
+    ("batch: [1, 2]", {}, "batch:"),
+    ("- just\n- a list", {}, "expected a mapping of sections"),
+    ("batch:\n  max_bytes: [\n", {}, "line"),
+])
+def test_field_precise_errors(tmp_path: Path, text: str, environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, text), environ=environ)
+    assert message in str(exc.value)
+
+
+def test_every_problem_is_listed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, "batch: {max_bytes: x, max_age: y}\nlog: {level: loud}\n"), environ={})
+    lines = str(exc.value).splitlines()
+    assert len(lines) == 4 and lines[0].endswith("invalid configuration")
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Path("/nonexistent/wodrop.yaml"), environ={})
+
+
+def test_example_yaml_equals_the_defaults() -> None:
+    cfg = load_config(EXAMPLE, environ={})
+    base = EXAMPLE.parent
+    defaults = Config()
+    assert cfg.paths.model_dump() == {k: base / v for k, v in defaults.paths.model_dump().items()}
+    for section in Config.model_fields:
+        if section != "paths":
+            assert getattr(cfg, section) == getattr(defaults, section), section
+
+
+def _fields(model: type[BaseModel]) -> dict[str, list[str]]:
+    out = {}
+    for name, info in model.model_fields.items():
+        if info.exclude:
+            continue
+        ann = info.annotation
+        assert isinstance(ann, type) and issubclass(ann, BaseModel), name
+        out[name] = list(ann.model_fields)
+    return out
+
+
+def test_example_yaml_documents_every_key_with_a_comment() -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    doc = yaml.safe_load(text)
+    expected = _fields(Config)
+    assert {s: list(keys) for s, keys in doc.items()} == expected  # every key, in the model's order
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^  (\w+):", line)
+        if m:
+            assert lines[i - 1].strip().startswith("#"), f"{m.group(1)} needs a one-line comment above it"
+
+
+def test_cli_config_error_exits_2_without_traceback(tmp_path: Path) -> None:
+    bad = write(tmp_path, "batch:\n  max_bytes: lots\n")
+    (tmp_path / "WO_1").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WODROP")}
+    env["PYTHONPATH"] = str(REPO)
+
+    def wodrop(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "daemon", *args], cwd=tmp_path, env={**env, **extra},
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    for run in (
+        wodrop("validate", "-c", str(bad), "WO_1"),
+        wodrop("validate", "WO_1", WODROP_CONFIG=str(bad)),
+        wodrop("pack", "WO_1", "-o", "x.zip", WODROP__BATCH__MAX_BYTES="lots"),
+    ):
+        assert run.returncode == 2, run.stderr
+        assert "batch.max_bytes: expected a size like 512MiB" in run.stderr
+        assert "Traceback" not in run.stderr and run.stdout == ""
+    assert not (tmp_path / "x.zip").exists()
