@@ -167,3 +167,123 @@ def test_interop_with_gcp_storage_emulator(tmp_path: Path, gcs: str) -> None:
     events = log_events(r.stderr)
     assert [e["offset"] for e in events if e["event"] == "upload_progress"][-1] == archive.stat().st_size
     assert "upload_id" not in r.stderr + r.stdout  # the session URL's token never shows
+
+
+# ---- against the reference receiver --------------------------------------------------------------
+
+
+@pytest.fixture
+def rx_factory(tmp_path: Path) -> Iterator[Any]:
+    from helpers.receiver import ReceiverThread
+
+    started: list[Any] = []
+
+    def start(**kw: Any) -> Any:
+        rx = ReceiverThread(tmp_path / "received", **kw).__enter__()
+        started.append(rx)
+        return rx
+
+    yield start
+    for rx in started:
+        rx.__exit__(None, None, None)
+
+
+def api_json(url: str, key: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    req = urllib.request.Request(
+        url, method="POST" if body is not None else "GET",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Token {key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        data: dict[str, Any] = json.loads(resp.read())
+        return data
+
+
+def test_api_mode_uploads_and_keeps_secrets(tmp_path: Path, rx_factory: Any) -> None:
+    key = "sk-live-0123456789abcdef"
+    rx = rx_factory(api_key=key)
+    archive = random_file(tmp_path / "batch-2024.zip", 5 * K + 3)
+    r = wodrop_upload(write_config(tmp_path, rx.url), archive, "--no-progress", api_key=key)
+    assert r.returncode == 0, r.stderr
+    batch_id = r.stdout.split("to batch ")[1].split()[0]
+    assert sha256(rx.store / f"{batch_id}.zip") == sha256(archive)
+    batch = api_json(f"{rx.url}/v0.2/batches/{batch_id}/", key)
+    assert batch["filename"] == "batch-2024"
+    token = batch["upload_url"].split("upload_id=")[1]
+    output = r.stdout + r.stderr
+    assert key not in output and token not in output
+    assert "upload_progress" in r.stderr
+
+
+def test_batch_id_mode(tmp_path: Path, rx_factory: Any) -> None:
+    key = "key-for-batch-id"
+    rx = rx_factory(api_key=key)
+    batch_id = api_json(f"{rx.url}/v0.2/batches/", key, {"filename": "made-in-gui"})["batch_id"]
+    archive = random_file(tmp_path / "a.zip", 2 * K)
+    r = wodrop_upload(write_config(tmp_path, rx.url), archive, "--batch-id", batch_id, api_key=key)
+    assert r.returncode == 0, r.stderr
+    assert sha256(rx.store / f"{batch_id}.zip") == sha256(archive)
+
+
+def test_bad_key(tmp_path: Path, rx_factory: Any) -> None:
+    rx = rx_factory(api_key="the-right-key")
+    archive = random_file(tmp_path / "a.zip", 100)
+    r = wodrop_upload(write_config(tmp_path, rx.url), archive, api_key="the-wrong-key")
+    assert r.returncode == 1
+    assert "the platform refused the API key (HTTP 401): check CUSTOMER_API_KEY" in r.stderr
+    assert "Traceback" not in r.stderr and "the-wrong-key" not in r.stderr + r.stdout
+
+
+def test_expired_bare_upload_url(tmp_path: Path, rx_factory: Any) -> None:
+    rx = rx_factory(faults="expire:1")
+    url = api_json(f"{rx.url}/v0.2/batches/", "any", {"filename": "x"})["upload_url"]
+    archive = random_file(tmp_path / "a.zip", 2 * K)
+    r = wodrop_upload(write_config(tmp_path), archive, "--upload-url", url)
+    assert r.returncode == 1
+    assert "the upload session has expired; ask for a new upload URL" in r.stderr
+    assert url.split("upload_id=")[1] not in r.stderr + r.stdout
+    assert "Traceback" not in r.stderr
+
+
+def test_every_fault_mixed_api_mode_renews_expired_sessions(tmp_path: Path, rx_factory: Any) -> None:
+    faults = "status=503:0.1,reset:0.05,partial:0.1,throttle=1s:0.02,expire:0.03,slow=0.05s:0.05"
+    rx = rx_factory(faults=faults, seed=11)
+    archive = random_file(tmp_path / "a.zip", 48 * K + 5)
+    config = write_config(tmp_path, rx.url, max_retries=30)
+    r = wodrop_upload(config, archive, "--no-progress", api_key="kkkkkk")
+    assert r.returncode == 0, r.stderr
+    batch_id = r.stdout.split("to batch ")[1].split()[0]
+    assert sha256(rx.store / f"{batch_id}.zip") == sha256(archive)
+    events = [e["event"] for e in log_events(r.stderr)]
+    assert "upload_retry" in events
+    assert rx.stats["faults_injected"].get("expire") and "upload_session_expired" in events
+
+
+def test_crash_and_resume(tmp_path: Path, rx_factory: Any) -> None:
+    """kill -9 mid-transfer, re-run the same command: it resumes from the server's offset."""
+    rx = rx_factory()
+    size = 48 * 1024 * 1024
+    archive = random_file(tmp_path / "big.zip", size)
+    config = write_config(tmp_path, rx.url, chunk_size="1MiB", max_bandwidth="24MiB")
+    cmd = upload_cmd(config, archive, "--no-progress")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env("resume-key"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while rx.stats["bytes_saved"] < size // 4:
+        assert proc.poll() is None, "the upload finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.kill()  # SIGKILL: no cleanup, no goodbye
+    proc.communicate(timeout=10)
+    first = rx.stats["bytes_received"]
+    assert 0 < first < size
+
+    r = subprocess.run(cmd, cwd=REPO, env=cli_env("resume-key"), capture_output=True, text=True, timeout=60,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    resumed = [e for e in log_events(r.stderr) if e["event"] == "upload_resumed"]
+    assert len(resumed) == 1 and resumed[0]["offset"] > 0
+    assert rx.stats["bytes_received"] < 1.3 * size  # resumed, not started over
+    assert rx.stats["sessions_created"] == 1
+    batch_id = r.stdout.split("to batch ")[1].split()[0]
+    assert sha256(rx.store / f"{batch_id}.zip") == sha256(archive)
