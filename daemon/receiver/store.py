@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,19 +160,20 @@ class PartWriter:
 
     Only whole 262144-byte blocks are written while the body streams in, so a connection that drops
     leaves an aligned prefix on disk, as GCS does; the sub-block tail is written only by
-    ``finish(final=True)``. One block batch is in flight in a worker thread while the loop keeps
-    reading the socket; md5/sha256 run in their own threads (hashlib releases the GIL)."""
+    ``finish(final=True)``. One batch of pieces is in flight in a worker thread (write, then hash:
+    hashlib and crc32c release the GIL) while the loop keeps reading the socket. Pieces are passed as
+    received, never joined: no copy of the body beyond the socket's own."""
 
-    BLOCK = 4 * 1024 * 1024  # ALIGN multiple
+    BLOCK = 4 * 1024 * 1024  # how much to hand to the worker at once; an ALIGN multiple
 
     def __init__(self, path: Path, digest: Digest, *, limit: int | None = None) -> None:
         self.path = path
         self.digest = digest
         self.limit = limit  # save at most this many bytes (a partial-save fault)
         self.written = 0
-        self._pieces: list[bytes] = []
+        self._pieces: deque[bytes] = deque()
         self._buffered = 0
-        self._pending: asyncio.Future[Any] | None = None
+        self._pending: asyncio.Future[None] | None = None
         self._fd: int | None = None
 
     async def feed(self, data: bytes) -> None:
@@ -206,20 +208,22 @@ class PartWriter:
             await asyncio.to_thread(_sync_close, fd)
 
     async def _flush(self, n: int) -> None:
-        joined = b"".join(self._pieces)
-        block, rest = joined[:n], joined[n:]
-        self._pieces = [rest] if rest else []
-        self._buffered = len(rest)
+        """Hand the first ``n`` buffered bytes to the worker (after the previous batch is done)."""
+        batch, size = [], 0
+        while size < n:
+            piece = self._pieces.popleft()
+            if size + len(piece) > n:
+                piece, rest = piece[: n - size], piece[n - size :]
+                self._pieces.appendleft(rest)
+            batch.append(piece)
+            size += len(piece)
+        self._buffered -= n
         await self._wait()
         if self._fd is None:
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
             self._fd = await asyncio.to_thread(os.open, self.path, flags, 0o644)
-        loop = asyncio.get_running_loop()
-        fd, d = self._fd, self.digest
-        self._pending = asyncio.gather(
-            loop.run_in_executor(None, _write_crc, fd, block, d),
-            loop.run_in_executor(None, d.md5.update, block),
-            loop.run_in_executor(None, d.sha256.update, block),
+        self._pending = asyncio.get_running_loop().run_in_executor(
+            None, _write_and_hash, self._fd, batch, self.digest
         )
         self.written += n
 
@@ -229,11 +233,13 @@ class PartWriter:
             await pending
 
 
-def _write_crc(fd: int, data: bytes, digest: Digest) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-    digest.crc = google_crc32c.extend(digest.crc, data)
+def _write_and_hash(fd: int, pieces: list[bytes], digest: Digest) -> None:
+    for piece in pieces:
+        view = memoryview(piece)
+        while view:
+            view = view[os.write(fd, view) :]
+    for piece in pieces:
+        digest.update(piece)
 
 
 def _sync_close(fd: int) -> None:

@@ -30,7 +30,6 @@ from daemon.receiver.faults import CHUNK_FAULTS, QUERY_FAULTS, Fault, retry_afte
 from daemon.receiver.store import ALIGN, PartWriter, Session
 
 _CONTENT_RANGE = re.compile(r"bytes (?:(?P<start>\d+)-(?P<end>\d+)|\*)/(?P<total>\d+|\*)")
-_READ_PIECE = 1024 * 1024
 # What reading a body raises when the client goes away mid-way.
 _DROPPED = (ConnectionError, asyncio.IncompleteReadError, HttpProcessingError)
 
@@ -169,7 +168,7 @@ async def _receive(
     writer = PartWriter(r.sessions.store.part(s.batch_id), digest, limit=limit)
     read, dropped = 0, False
     try:
-        async for data in request.content.iter_chunked(_READ_PIECE):
+        async for data, _ in request.content.iter_chunks():  # as received: no re-joining
             pos, read = read, read + len(data)
             r.stats.add("bytes_received", len(data))
             if read > length:
