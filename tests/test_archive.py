@@ -167,7 +167,7 @@ def test_memory_stays_flat(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_archive_past_4gib_is_valid_zip64(tmp_path: Path) -> None:
+def test_archive_past_4gib_is_valid_zip64(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Two 2.1 GiB sparse files: every size and offset past 4 GiB needs zip64 fields."""
     if shutil.disk_usage(tmp_path).free < 10 * 1024**3:
         pytest.skip("needs 10 GiB free for a > 4 GiB archive")
@@ -182,6 +182,7 @@ def test_archive_past_4gib_is_valid_zip64(tmp_path: Path) -> None:
             f.write(name.encode()[:4])  # a distinct tail to find again
         files.append(FileEntry(name, folder / name, part))
     out = tmp_path / "big.zip"
+    request.addfinalizer(lambda: out.unlink(missing_ok=True))  # pytest keeps tmp dirs: free 4 GiB now
     started = time.monotonic()
     writer = BatchArchiveWriter(out)
     writer.add_work_order(WorkOrderReport("WO_1", folder, files=files))
