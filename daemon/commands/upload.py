@@ -18,7 +18,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import google_crc32c
@@ -35,6 +34,7 @@ from daemon.upload import api
 from daemon.upload.bandwidth import Bandwidth
 from daemon.upload.protocol import (
     RetryPolicy,
+    ServerCopy,
     SessionExpired,
     UploadError,
     UploadGaveUp,
@@ -132,7 +132,7 @@ def _reusable(row: BatchRow, args: argparse.Namespace) -> bool:
     return row.remote_batch_id is not None
 
 
-async def _new_session(job: Job, http: Any, row_id: int) -> str:
+async def _new_session(job: Job, http: aiohttp.ClientSession, row_id: int) -> str:
     """Open (or look up) the session this command line names; persist it before any byte is sent."""
     args, cfg = job.args, job.cfg
     remote: str | None = None
@@ -169,76 +169,89 @@ async def _hash(job: Job, row_id: int, stop: threading.Event) -> Digest | None:
     return digest
 
 
-async def _upload(job: Job) -> int:
-    db, archive, cfg = job.db, job.archive, job.cfg
-    row = db.find_cli_batch(archive, job.size, job.mtime_ns)
+async def _transfer(job: Job, http: aiohttp.ClientSession, row: BatchRow) -> ServerCopy:
+    """Resume the recorded session or open one, and upload; an expired session is replaced by a new
+    batch when the API is ours to call (the user named neither a URL nor a batch)."""
+    cfg, db = job.cfg, job.db
+    if _reusable(row, job.args):
+        assert row.upload_url is not None
+        url, known = row.upload_url, row.committed_offset
+        register_secret(url)
+        log.info("upload_resuming", batch=row.remote_batch_id, db_offset=known, total=job.size)
+    else:
+        url, known = await _new_session(job, http, row.id), None
+    limiter = Bandwidth(cfg.upload.max_bandwidth) if cfg.upload.max_bandwidth else None
+    progress = Progress(job.archive.name, job.size, known or 0,
+                        bar=sys.stderr.isatty() and not job.args.no_progress)
+    resuming, sessions = known is not None, 1
+
+    def on_offset(offset: int) -> None:
+        nonlocal resuming
+        if resuming:  # the first offset the server confirms: what the resume really starts from
+            log.info("upload_resumed", offset=offset, total=job.size)
+            resuming = False
+        db.set_offset(row.id, offset)
+        progress.update(offset)
+
+    try:
+        while True:
+            try:
+                return await upload_archive(
+                    http, job.archive, url, size=job.size, chunk_size=cfg.upload.chunk_size, retry=job.retry,
+                    limiter=limiter, known_offset=known, on_offset=on_offset, on_retry=job.on_retry,
+                )
+            except SessionExpired:
+                db.clear_session(row.id, "the upload session expired")
+                message = _expired_message(job.args)
+                if message is not None:
+                    raise SessionExpired(message) from None
+                if cfg.upload.max_retries is not None and sessions > cfg.upload.max_retries:
+                    raise UploadGaveUp(f"upload sessions keep expiring, gave up after {sessions}") from None
+                log.warning("upload_session_expired", action="starting again from byte 0 in a new batch")
+                url, known, resuming = await _new_session(job, http, row.id), None, False
+                sessions += 1
+                progress.update(0)
+    finally:
+        progress.close()
+
+
+def _find_or_create_row(job: Job) -> BatchRow:
+    row = job.db.find_cli_batch(job.archive, job.size, job.mtime_ns)
     if row is None:
-        name = f"{archive.stem}-cli-{uuid.uuid4().hex[:8]}"
-        row = db.batch(db.create_batch(name, archive, origin="cli", state="sealed", size=job.size,
-                                       archive_mtime_ns=job.mtime_ns))
+        name = f"{job.archive.stem}-cli-{uuid.uuid4().hex[:8]}"
+        row = job.db.batch(job.db.create_batch(name, job.archive, origin="cli", state="sealed", size=job.size,
+                                               archive_mtime_ns=job.mtime_ns))
+    return row
+
+
+async def _upload(job: Job) -> int:
+    db = job.db
+    row = _find_or_create_row(job)
     # Hash while uploading (the check only matters at the end); a resume reuses the cached digest.
     cached = Digest(job.size, row.md5, row.crc32c) if row.md5 and row.crc32c else None
     stop = threading.Event()
     hashing = None if cached else asyncio.create_task(_hash(job, row.id, stop))
-    limiter = Bandwidth(cfg.upload.max_bandwidth) if cfg.upload.max_bandwidth else None
-    started, sessions = time.monotonic(), 0
-    async with make_session(cfg.upload) as http:
-        try:
-            if _reusable(row, job.args):
-                assert row.upload_url is not None
-                url, known = row.upload_url, row.committed_offset
-                register_secret(url)
-                log.info("upload_resuming", batch=row.remote_batch_id, db_offset=known, total=job.size)
-            else:
-                url, known = await _new_session(job, http, row.id), None
-            progress = Progress(archive.name, job.size, known or 0,
-                                bar=sys.stderr.isatty() and not job.args.no_progress)
-            resuming = known is not None
-
-            def on_offset(offset: int) -> None:
-                nonlocal resuming
-                if resuming:
-                    log.info("upload_resumed", offset=offset, total=job.size)
-                    resuming = False
-                db.set_offset(row.id, offset)
-                progress.update(offset)
-
-            while True:
-                try:
-                    copy = await upload_archive(
-                        http, archive, url, size=job.size, chunk_size=cfg.upload.chunk_size, retry=job.retry,
-                        limiter=limiter, known_offset=known, on_offset=on_offset, on_retry=job.on_retry,
-                    )
-                    break
-                except SessionExpired:
-                    db.clear_session(row.id, "the upload session expired")
-                    message, sessions = _expired_message(job.args), sessions + 1
-                    if message is not None:
-                        raise SessionExpired(message) from None
-                    limit = cfg.upload.max_retries
-                    if limit is not None and sessions > limit:
-                        raise UploadGaveUp(f"sessions keep expiring, gave up after {sessions}") from None
-                    log.warning("upload_session_expired", action="starting again from byte 0 in a new batch")
-                    url, known = await _new_session(job, http, row.id), None
-                    progress.update(0)
-            progress.close()
-            check_server_copy(copy, job.size, cached or (await hashing if hashing else None))
-        except (UploadError, aiohttp.ClientError, OSError) as e:
-            message = str(e) if isinstance(e, UploadError) else redact(f"{type(e).__name__}: {e}")
-            db.record_error(row.id, message)
-            if isinstance(e, UploadRejected):
-                db.finish_batch(row.id, "failed", message)
-            log.error("upload_failed", error=message)
-            print(f"wodrop upload: {message}", file=sys.stderr)
-            return EXIT_FAILED
-        finally:
-            stop.set()
+    started = time.monotonic()
+    try:
+        async with make_session(job.cfg.upload) as http:
+            copy = await _transfer(job, http, row)
+        check_server_copy(copy, job.size, cached or (await hashing if hashing else None))
+    except (UploadError, aiohttp.ClientError, OSError) as e:
+        message = str(e) if isinstance(e, UploadError) else redact(f"{type(e).__name__}: {e}")
+        db.record_error(row.id, message)
+        if isinstance(e, UploadRejected):
+            db.finish_batch(row.id, "failed", message)
+        log.error("upload_failed", error=message)
+        print(f"wodrop upload: {message}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        stop.set()
     db.mark_uploaded(row.id, job.size)
     db.finish_batch(row.id, "done")
     remote = db.batch(row.id).remote_batch_id
     elapsed = time.monotonic() - started
     log.info("upload_complete", batch=remote, size=job.size, seconds=round(elapsed, 3))
-    print(f"uploaded {archive.name} ({format_size(job.size)}) in {format_duration(elapsed)}"
+    print(f"uploaded {job.archive.name} ({format_size(job.size)}) in {format_duration(elapsed)}"
           + (f" to batch {remote}" if remote else ""))
     return EXIT_OK
 
