@@ -26,6 +26,7 @@ from daemon.workorder.validate import WorkOrderReport
 
 log = get_logger("wodrop.batcher")
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 # zip overhead per entry (local header + zip64 extra + central directory record), an upper bound
 _ENTRY_OVERHEAD = 200
 
@@ -128,9 +129,16 @@ class Batcher:
             }])
             return
         except OSError as e:
+            if e.filename is not None and e.filename != str(batch.path) and e.errno not in _DISK_FULL:
+                # A source file could not be read; the writer rolled that work order back.
+                await self.finisher.fail_work_order(self.db.work_order(wo_id), "validation", [{
+                    "code": "unreadable", "file": Path(e.filename).name,
+                    "message": f"{Path(e.filename).name} cannot be read ({e.strerror}); check its permissions.",
+                }])
+                return
             await self._lost_open_batch(f"cannot write the batch archive: {e.strerror or e}")
             self._requeue.append((wo_id, report))
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno in _DISK_FULL:
                 self.rt.intake_paused = "the spool disk is full"
             await asyncio.sleep(5)  # don't spin on a failing disk
             return
