@@ -133,7 +133,7 @@ class Batcher:
                 # A source file could not be read; the writer rolled that work order back.
                 await self.finisher.fail_work_order(self.db.work_order(wo_id), "validation", [{
                     "code": "unreadable", "file": Path(e.filename).name,
-                    "message": f"{Path(e.filename).name} cannot be read ({e.strerror}); check its permissions.",
+                    "message": f"{Path(e.filename).name} cannot be read ({e.strerror}); check permissions.",
                 }])
                 return
             await self._lost_open_batch(f"cannot write the batch archive: {e.strerror or e}")
