@@ -230,3 +230,21 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_inbox_that_vanishes_and_comes_back_does_not_stop_the_daemon(tmp_path: Path) -> None:
+    """A share that is unmounted for a while: the daemon waits, restarts its watcher, and resumes."""
+    with ReceiverThread(tmp_path / "rx") as rx:
+        cfg = write_config(tmp_path, rx.url)
+        with DaemonProcess(cfg) as d:
+            inbox = d.paths["inbox"]
+            d.wait_for(lambda: any(e.get("event") == "watcher_started" for e in d.events()), what="watcher")
+            inbox.rmdir()
+            d.wait_for(lambda: any(e.get("event") == "inbox_unreachable" for e in d.events()), timeout=30,
+                       what="inbox reported unreachable")
+            inbox.mkdir()
+            _drop(tmp_path, inbox, ["WO_BACK"])
+            d.wait_for(lambda: "WO_BACK" in d.names_in("done"), timeout=40, what="work order after remount")
+            assert d.proc is not None and d.proc.poll() is None
+            d.wait_for(lambda: sum(e.get("event") == "watcher_started" for e in d.events()) >= 2, timeout=20,
+                       what="the watcher restarted on the new inbox")

@@ -20,6 +20,7 @@ from daemon.archive import BatchArchiveWriter, SourceChanged
 from daemon.fsops import utc_stamp
 from daemon.logs import get_logger
 from daemon.pipeline.finish import Finisher
+from daemon.pipeline.guard import survive
 from daemon.runtime import Runtime
 from daemon.units import format_size
 from daemon.workorder.validate import WorkOrderReport
@@ -27,6 +28,7 @@ from daemon.workorder.validate import WorkOrderReport
 log = get_logger("wodrop.batcher")
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+SPOOL_FULL = "the spool disk is full"
 # zip overhead per entry (local header + zip64 extra + central directory record), an upper bound
 _ENTRY_OVERHEAD = 200
 
@@ -90,7 +92,7 @@ class Batcher:
     async def run(self, inbox: asyncio.Queue[tuple[int, WorkOrderReport]]) -> None:
         while True:
             if self._requeue:
-                await self.add(*self._requeue.pop(0))
+                await self._add_safely(*self._requeue.pop(0))
                 continue
             timeout = None
             if self.open is not None and self.open.oldest is not None:
@@ -100,7 +102,14 @@ class Batcher:
             except TimeoutError:
                 await self.seal("age")
                 continue
-            await self.add(wo_id, report)
+            await self._add_safely(wo_id, report)
+
+    async def _add_safely(self, wo_id: int, report: WorkOrderReport) -> None:
+        """An unexpected error leaves the open archive in an unknown state: drop it, pack again."""
+        if not await survive("batch", report.id, self.add(wo_id, report)):
+            await self._lost_open_batch("unexpected error while packing")
+            if not any(i == wo_id for i, _ in self._requeue):
+                self._requeue.append((wo_id, report))
 
     async def add(self, wo_id: int, report: WorkOrderReport) -> None:
         cfg = self.rt.cfg
@@ -139,7 +148,7 @@ class Batcher:
             await self._lost_open_batch(f"cannot write the batch archive: {e.strerror or e}")
             self._requeue.append((wo_id, report))
             if e.errno in _DISK_FULL:
-                self.rt.intake_paused = "the spool disk is full"
+                self.rt.intake_paused = SPOOL_FULL
             await asyncio.sleep(5)  # don't spin on a failing disk
             return
         self.db.assign_to_batch(wo_id, batch.id, report.total_bytes, len(report.files))
@@ -198,12 +207,12 @@ class Batcher:
         while True:
             free = shutil.disk_usage(spool).free
             if free >= need + self.rt.cfg.batch.min_free_space:
-                if self.rt.intake_paused == "the spool disk is full":
+                if self.rt.intake_paused == SPOOL_FULL:
                     self.rt.intake_paused = None
                     log.info("spool_space_back", free=free)
                 return
-            if self.rt.intake_paused != "the spool disk is full":
+            if self.rt.intake_paused != SPOOL_FULL:
                 log.error("spool_disk_full", free=format_size(free),
                           need=format_size(need + self.rt.cfg.batch.min_free_space), spool=str(spool))
-            self.rt.intake_paused = "the spool disk is full"
+            self.rt.intake_paused = SPOOL_FULL
             await asyncio.sleep(5)

@@ -22,6 +22,7 @@ from daemon.runtime import Runtime
 from daemon.workorder.validate import validate_work_order
 
 log = get_logger("wodrop.intake")
+INBOX_UNREACHABLE = "the inbox cannot be read"
 
 
 def claim(inbox: Path, processing: Path, name: str) -> Path | None:
@@ -65,9 +66,20 @@ class Intake:
             cfg = self.rt.cfg  # SIGHUP may have replaced it
             settler.settle, settler.ready_marker = cfg.watch.settle, cfg.watch.ready_marker
             extra = tuple(cfg.watch.extra_temp_patterns)
-            snapshots, strays = await asyncio.to_thread(
-                scan_inbox, cfg.paths.inbox, cfg.watch.ready_marker, extra
-            )
+            try:
+                snapshots, strays = await asyncio.to_thread(
+                    scan_inbox, cfg.paths.inbox, cfg.watch.ready_marker, extra
+                )
+            except OSError as e:
+                # Share unmounted, stale NFS handle, inbox removed: wait for it, never die of it.
+                if self.rt.intake_paused != INBOX_UNREACHABLE:
+                    log.error("inbox_unreachable", inbox=str(cfg.paths.inbox), error=str(e), retry_in=5)
+                self.rt.intake_paused = INBOX_UNREACHABLE
+                await asyncio.sleep(5)
+                continue
+            if self.rt.intake_paused == INBOX_UNREACHABLE:
+                self.rt.intake_paused = None
+                log.info("inbox_reachable_again", inbox=str(cfg.paths.inbox))
             for s in set(strays) - self._strays:
                 log.warning("inbox_stray_file", name=s,
                             hint="only folders are work orders; this file is left alone")

@@ -19,6 +19,7 @@ from daemon import metrics
 from daemon.logs import get_logger
 from daemon.pipeline.batcher import SpoolSlots
 from daemon.pipeline.finish import Finisher
+from daemon.pipeline.guard import survive
 from daemon.redact import register_secret
 from daemon.runtime import Runtime, UploadProgress
 from daemon.state import BatchRow
@@ -74,7 +75,8 @@ class Uploads:
     async def worker(self, queue: asyncio.Queue[int]) -> None:
         while True:
             batch_id = await queue.get()
-            await self.upload_batch(batch_id)
+            if not await survive("upload", str(batch_id), self.upload_batch(batch_id)):
+                queue.put_nowait(batch_id)
 
     async def _auth_refused(self, err: AuthRefused) -> None:
         """Don't fail work orders for a bad key: report it loudly, pause every worker, retry slowly."""

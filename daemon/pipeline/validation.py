@@ -8,6 +8,7 @@ from pathlib import Path
 
 from daemon.logs import get_logger
 from daemon.pipeline.finish import Finisher
+from daemon.pipeline.guard import survive
 from daemon.runtime import Runtime
 from daemon.workorder.validate import WorkOrderReport, validate_work_order
 
@@ -20,22 +21,27 @@ def _answer(value: bool) -> Callable[[str], bool]:
 
 async def validator(runtime: Runtime, finisher: Finisher, inbox: asyncio.Queue[int],
                     out: asyncio.Queue[tuple[int, WorkOrderReport]]) -> None:
-    db = runtime.db
+    retry: list[int] = []
     while True:
-        wo_id = await inbox.get()
-        row = db.work_order(wo_id)
-        cfg = runtime.cfg
-        # The DB lives on this thread: decide the duplicate question here, hand the answer to the thread.
-        dup = db.is_duplicate(row.name, exclude_id=wo_id)
-        report = await asyncio.to_thread(
-            validate_work_order, Path(row.path), cfg.format, ready_marker=cfg.watch.ready_marker,
-            is_duplicate=_answer(dup) if cfg.format.on_duplicate == "reject" else None,
-        )
-        if report.id != row.name:
-            log.error("work_order_id_mismatch", folder=report.id, expected=row.name)
-        if report.valid:
-            log.info("work_order_valid", work_order=row.name, files=len(report.files),
-                     bytes=report.total_bytes)
-            await out.put((wo_id, report))
-        else:
-            await finisher.fail_work_order(row, "validation", [e.to_dict() for e in report.errors])
+        wo_id = retry.pop(0) if retry else await inbox.get()
+        if not await survive("validate", str(wo_id), _validate_one(runtime, finisher, wo_id, out)):
+            retry.append(wo_id)
+
+
+async def _validate_one(runtime: Runtime, finisher: Finisher, wo_id: int,
+                        out: asyncio.Queue[tuple[int, WorkOrderReport]]) -> None:
+    db = runtime.db
+    row = db.work_order(wo_id)
+    cfg = runtime.cfg
+    # The DB lives on this thread: decide the duplicate question here, hand the answer to the thread.
+    dup = db.is_duplicate(row.name, exclude_id=wo_id)
+    report = await asyncio.to_thread(
+        validate_work_order, Path(row.path), cfg.format, ready_marker=cfg.watch.ready_marker,
+        is_duplicate=_answer(dup) if cfg.format.on_duplicate == "reject" else None,
+    )
+    if report.valid:
+        log.info("work_order_valid", work_order=row.name, files=len(report.files),
+                 bytes=report.total_bytes)
+        await out.put((wo_id, report))
+    else:
+        await finisher.fail_work_order(row, "validation", [e.to_dict() for e in report.errors])

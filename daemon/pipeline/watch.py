@@ -49,6 +49,11 @@ def filesystem_type(path: Path, mountinfo: str | None = None) -> str:
     return best_type
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def is_network_fs(fstype: str) -> bool:
     return fstype in NETWORK_FS or fstype.startswith("fuse.") or fstype == "fuse"
 
@@ -79,10 +84,11 @@ async def watch_inbox(runtime: Runtime, wake: asyncio.Event, stop: asyncio.Event
     polling = choose_polling(cfg.watch.mode, cfg.paths.inbox)
     delay = 1.0
     while not stop.is_set():
-        runtime.watcher = "polling" if polling else "events"
-        log.info("watcher_started", mode=runtime.watcher, inbox=str(cfg.paths.inbox))
         try:
-            async for _changes in watchfiles.awatch(
+            ident = _identity(cfg.paths.inbox)
+            runtime.watcher = "polling" if polling else "events"
+            log.info("watcher_started", mode=runtime.watcher, inbox=str(cfg.paths.inbox))
+            async for changes in watchfiles.awatch(
                 os.path.realpath(cfg.paths.inbox),
                 watch_filter=_TopLevel(cfg.paths.inbox),
                 recursive=False,
@@ -92,10 +98,14 @@ async def watch_inbox(runtime: Runtime, wake: asyncio.Event, stop: asyncio.Event
                 step=50,
                 stop_event=stop,
                 rust_timeout=5000,
-                yield_on_timeout=False,
+                yield_on_timeout=True,
             ):
-                wake.set()
-                delay = 1.0
+                if changes:
+                    wake.set()
+                    delay = 1.0
+                elif _identity(cfg.paths.inbox) != ident:
+                    # The inbox was removed or remounted: the old watch sees nothing any more.
+                    raise FileNotFoundError(f"{cfg.paths.inbox} was replaced or unmounted")
             return  # stop_event set
         except Exception as e:  # the watcher must never take the daemon down
             runtime.watcher = "restarting"
