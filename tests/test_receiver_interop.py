@@ -124,3 +124,20 @@ def test_cli_serves_logs_and_stops_on_sigterm(tmp_path: Path) -> None:
         proc.kill()
     assert key not in rest and key not in json.dumps(first)
     assert json.loads(rest.splitlines()[-1])["sessions_created"] == 1
+
+
+def test_gcs_initiate_alias_with_name_and_length(tmp_path: Path) -> None:
+    with ReceiverThread(tmp_path / "store") as rx:
+        initiate = f"{rx.url}/upload/gcs?uploadType=resumable&name=demo.zip"
+        auth = {"Authorization": "Bearer x", "X-Upload-Content-Length": "5"}
+        r = requests.post(initiate, headers=auth, allow_redirects=False, timeout=10)
+        assert r.status_code == 200
+        url = r.headers["Location"]
+        done = requests.put(url, data=b"hello", headers={"Content-Range": "bytes 0-4/5"}, timeout=10)
+        assert done.json()["name"] == "demo.zip" and done.json()["size"] == "5"
+        no_type = requests.post(f"{rx.url}/upload/gcs?name=x", headers=auth, timeout=10)
+        assert no_type.status_code == 400
+        mismatch = requests.post(initiate, headers={**auth, "X-Upload-Content-Length": "5"}, timeout=10)
+        url2 = mismatch.headers["Location"]
+        r = requests.put(url2, data=b"toolong", headers={"Content-Range": "bytes 0-6/7"}, timeout=10)
+        assert r.status_code == 400 and "declared" in r.json()["detail"]

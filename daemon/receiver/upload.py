@@ -93,6 +93,20 @@ async def _fault_answer(r: Receiver, s: Session, fault: Fault) -> web.Response |
 
 
 async def put_upload(request: web.Request) -> web.Response:
+    """Answer, then read whatever of the body the answer did not need (an early 308/400/429/5xx):
+    the client gets the answer and can reuse the connection, as with a server that drains."""
+    response = await _put(request)
+    transport = request.transport
+    if transport is not None and not transport.is_closing() and not request.content.is_eof():
+        try:
+            async for data, _ in request.content.iter_chunks():
+                receiver(request).stats.add("bytes_received", len(data))
+        except _DROPPED:
+            pass
+    return response
+
+
+async def _put(request: web.Request) -> web.Response:
     r = receiver(request)
     s = await _lookup(request)
     if s is None:
