@@ -162,8 +162,9 @@ class StateDB:
             self._db.execute("PRAGMA busy_timeout = 10000")
             if not readonly:
                 self._db.execute("PRAGMA journal_mode = WAL")
-                # FULL: a committed "uploaded" or offset survives power loss, not only a crash.
-                self._db.execute("PRAGMA synchronous = FULL")
+                # NORMAL: in WAL mode every commit survives a process crash; the transitions that
+                # guard against a double upload also survive power loss (``durable=True``: FULL).
+                self._db.execute("PRAGMA synchronous = NORMAL")
                 self._migrate()
             else:
                 version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -183,14 +184,21 @@ class StateDB:
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+    def transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """``durable``: fsync the WAL at commit (session persisted, sealed, uploaded, finished)."""
+        if durable:
+            self._db.execute("PRAGMA synchronous = FULL")
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        finally:
+            if durable:
+                self._db.execute("PRAGMA synchronous = NORMAL")
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -227,10 +235,10 @@ class StateDB:
             assert cur.lastrowid is not None
             return cur.lastrowid
 
-    def _update_batch(self, batch_id: int, **values: Any) -> None:
+    def _update_batch(self, batch_id: int, *, durable: bool = False, **values: Any) -> None:
         values["updated_at"] = time.time()
         cols = ", ".join(f"{k} = ?" for k in values)
-        with self.transaction() as db:
+        with self.transaction(durable=durable) as db:
             db.execute(f"UPDATE batches SET {cols} WHERE id = ?", (*values.values(), batch_id))
 
     def batch(self, batch_id: int) -> BatchRow:
@@ -267,13 +275,13 @@ class StateDB:
         work_order_count: int, seal_reason: str,
     ) -> None:
         self._update_batch(
-            batch_id, state="sealed", size=size, sha256=sha256, md5=md5, crc32c=crc32c,
+            batch_id, durable=True, state="sealed", size=size, sha256=sha256, md5=md5, crc32c=crc32c,
             work_order_count=work_order_count, seal_reason=seal_reason, sealed_at=time.time(),
         )
 
     def set_session(self, batch_id: int, remote_batch_id: str | None, upload_url: str) -> None:
         """Persist a new upload session *before* the first PUT (a crash then resumes it)."""
-        with self.transaction() as db:
+        with self.transaction(durable=True) as db:
             db.execute(
                 "UPDATE batches SET state = 'uploading', remote_batch_id = ?, upload_url = ?,"
                 " committed_offset = 0, sessions = sessions + 1,"
@@ -284,7 +292,7 @@ class StateDB:
     def clear_session(self, batch_id: int, reason: str) -> None:
         """The session expired (404/410): back to ``sealed`` so a new one is created from byte 0."""
         self._update_batch(
-            batch_id, state="sealed", remote_batch_id=None, upload_url=None, committed_offset=0,
+            batch_id, durable=True, state="sealed", remote_batch_id=None, upload_url=None, committed_offset=0,
             last_error=reason,
         )
 
@@ -303,12 +311,12 @@ class StateDB:
             )
 
     def mark_uploaded(self, batch_id: int, size: int) -> None:
-        self._update_batch(batch_id, state="uploaded", committed_offset=size, uploaded_at=time.time(),
-                           last_error=None)
+        self._update_batch(batch_id, durable=True, state="uploaded", committed_offset=size,
+                           uploaded_at=time.time(), last_error=None)
 
     def finish_batch(self, batch_id: int, state: str, error: str | None = None) -> None:
         assert state in ("done", "failed", "discarded")
-        self._update_batch(batch_id, state=state, finished_at=time.time(),
+        self._update_batch(batch_id, durable=True, state=state, finished_at=time.time(),
                            **({"last_error": error} if error else {}))
 
     # ---- work orders ---------------------------------------------------------------------------

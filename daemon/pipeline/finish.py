@@ -79,9 +79,13 @@ class Finisher:
         errors = [{"code": "upload_rejected", "file": None,
                    "message": f"The platform refused batch {batch.name}: {reason}"}] if not ok else None
         for row in self.db.work_orders(batch_id=batch_id, states=["batched"]):
-            if not os.path.lexists(row.path) and row.dest and os.path.lexists(row.dest):
-                # Crash after the rename, before the DB knew: just record it.
-                self.db.finish_work_order(row.id, "done" if ok else "failed", Path(row.dest),
+            if not os.path.lexists(row.path):
+                # Crash after the rename, before the DB knew (or a person moved it): record where it is.
+                where = Path(row.dest) if row.dest and os.path.lexists(row.dest) else Path(row.path)
+                if where == Path(row.path):
+                    log.error("work_order_missing", work_order=row.name, path=row.path,
+                              note="not in processing/ any more; its batch was handled anyway")
+                self.db.finish_work_order(row.id, "done" if ok else "failed", where,
                                           stage=None if ok else "upload", errors=errors)
                 continue
             if ok:
