@@ -8,7 +8,6 @@ import os
 import shutil
 import struct
 import subprocess
-import time
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -183,14 +182,10 @@ def test_archive_past_4gib_is_valid_zip64(tmp_path: Path, request: pytest.Fixtur
         files.append(FileEntry(name, folder / name, part))
     out = tmp_path / "big.zip"
     request.addfinalizer(lambda: out.unlink(missing_ok=True))  # pytest keeps tmp dirs: free 4 GiB now
-    started = time.monotonic()
     writer = BatchArchiveWriter(out)
     writer.add_work_order(WorkOrderReport("WO_1", folder, files=files))
     digest = writer.close()
-    elapsed = time.monotonic() - started
     assert digest.size == out.stat().st_size > 4 * 1024**3
-    print(f"packed {digest.size / 1024**3:.1f} GiB in {elapsed:.1f}s")
-    assert elapsed < 60, f"packing 4.2 GiB took {elapsed:.0f}s"
 
     with zipfile.ZipFile(out) as zf:
         first, second = zf.infolist()
