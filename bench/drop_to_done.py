@@ -66,7 +66,8 @@ def make_set(staging: Path, count: int, images: int, size: int) -> list[str]:
 def bench_wodrop(work: Path, staging: Path, names: list[str], url: str) -> float:
     share, state = work / "share", work / "state"
     cfg = {
-        "paths": {k: str(share / k) for k in ("inbox", "processing", "done", "failed")} | {"state": str(state)},
+        "paths": {**{k: str(share / k) for k in ("inbox", "processing", "done", "failed")},
+                  "state": str(state)},
         "watch": {"settle": "1s"},
         "batch": {"max_age": "2s", "max_work_orders": 1000},
         "api": {"url": url},
@@ -103,8 +104,10 @@ def bench_zip_curl(work: Path, staging: Path, url: str) -> float:
                          capture_output=True, check=True)
     upload_url = json.loads(out.stdout)["upload_url"]
     size = archive.stat().st_size
-    subprocess.run(["curl", "-sf", "-X", "PUT", "-T", str(archive), "-H", f"Content-Range: bytes 0-{size - 1}/{size}",
-                    "-H", "Content-Type: application/octet-stream", upload_url, "-o", "/dev/null"], check=True)
+    subprocess.run(["curl", "-sf", "-X", "PUT", "-T", str(archive),
+                    "-H", f"Content-Range: bytes 0-{size - 1}/{size}",
+                    "-H", "Content-Type: application/octet-stream", upload_url, "-o", "/dev/null"],
+                   check=True)
     return time.monotonic() - t0
 
 

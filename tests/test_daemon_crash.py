@@ -44,7 +44,8 @@ def test_kill_9_at_random_points_loses_nothing_and_uploads_nothing_twice(tmp_pat
                 names.append(name)
             d = DaemonProcess(cfg).start()
             started = kills + 1
-            d.wait_for(lambda: _count(d, "wodrop_started") >= started, timeout=30, what="start-up")
+            d.wait_for(lambda d=d, n=started: _count(d, "wodrop_started") >= n, timeout=30,
+                       what="start-up")
             time.sleep(rng.uniform(0.1, 2.5))
             d.kill()
             kills += 1

@@ -7,6 +7,7 @@ import os
 import random
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,9 @@ def _copy_slowly(src: Path, inbox: Path, pause: float) -> None:
         time.sleep(pause / 2)
 
 
-def _drop_mixed(root: Path, inbox: Path, n: int, rng: random.Random, slow_pause: float) -> tuple[set[str], dict[str, set[str]]]:
+def _drop_mixed(
+    root: Path, inbox: Path, n: int, rng: random.Random, slow_pause: float
+) -> tuple[set[str], dict[str, set[str]]]:
     staging = root / "staging"
     valid: set[str] = set()
     invalid: dict[str, set[str]] = {}
@@ -119,8 +122,8 @@ def test_slow_copy_is_not_claimed_before_its_last_file(tmp_path: Path) -> None:
             claimed = [e for e in d.events() if e.get("event") == "work_order_claimed"]
             held = [e for e in d.events() if e.get("event") == "work_order_looks_incomplete"]
         assert held, "the zero-tail image should have made the daemon wait"
-        claimed_at = time.mktime(time.strptime(claimed[0]["timestamp"][:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-        assert claimed_at >= int(last_write) - 1
+        claimed_at = datetime.fromisoformat(claimed[0]["timestamp"].replace("Z", "+00:00")).timestamp()
+        assert claimed_at >= last_write
         for i in range(4):
             assert (d.paths["done"] / "WO_SLOW" / f"A-{i}.jpg").read_bytes() == data
         assert (d.paths["done"] / "WO_SLOW" / "B.jpg").read_bytes() == data

@@ -31,7 +31,7 @@ def test_temp_files_and_empty_folders_never_settle() -> None:
 def test_ready_marker_mode_ignores_time_and_waits_for_the_marker() -> None:
     s = Settler(settle=1, ready_marker=".ready")
     assert s.update({"WO": A}, now=100) == []
-    marked = FolderSnapshot(A.signature + ((".ready", 0, 1, 3),), False, True)
+    marked = FolderSnapshot((*A.signature, (".ready", 0, 1, 3)), False, True)
     assert s.update({"WO": marked}, now=100) == ["WO"]
 
 
