@@ -129,6 +129,18 @@ def test_unit_contract() -> None:
     assert re.search(r"^#\s*RequiresMountsFor=/srv/wodrop", UNIT.read_text(), re.M)
 
 
+def test_systemd_config_example_matches_the_unit() -> None:
+    """systemd/wodrop.yaml.example: the share under ReadWritePaths=, the state in StateDirectory=."""
+    s = _unit_settings(UNIT.read_text(encoding="utf-8"))
+    cfg = load_config(ROOT / "systemd" / "wodrop.yaml.example", environ={})
+    writable = [Path(p) for v in s["ReadWritePaths"] for p in v.split()]
+    share = [cfg.paths.inbox, cfg.paths.processing, cfg.paths.done, cfg.paths.failed]
+    # one ReadWritePaths= entry holds all four: separate bind mounts would make renames fail (EXDEV)
+    assert any(all(p.is_relative_to(w) for p in share) for w in writable), (share, writable)
+    assert cfg.paths.state == Path("/var/lib") / s["StateDirectory"][-1]
+    assert cfg.status.listen is not None and cfg.status.listen.startswith("127.0.0.1:")
+
+
 # ---- Dockerfile -----------------------------------------------------------------------------------------
 
 
