@@ -41,7 +41,7 @@ from daemon.upload.protocol import (
     UploadRejected,
     check_server_copy,
 )
-from daemon.upload.transport import make_session
+from daemon.upload.transport import make_session, retry_policy
 from daemon.upload.uploader import upload_archive
 
 log = get_logger("wodrop.upload")
@@ -114,8 +114,7 @@ class Job:
 
     @property
     def retry(self) -> RetryPolicy:
-        u = self.cfg.upload
-        return RetryPolicy(u.retry_initial_delay, u.retry_max_delay, u.max_retries)
+        return retry_policy(self.cfg.upload)
 
     def on_retry(self, cause: str, delay: float, message: str) -> None:
         log.warning("upload_retry", cause=cause, delay=round(delay, 2), message=message)

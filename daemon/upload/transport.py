@@ -20,12 +20,17 @@ from daemon import __version__
 from daemon.config import UploadConfig
 from daemon.redact import redact
 from daemon.upload.bandwidth import Bandwidth
-from daemon.upload.protocol import Retry, RetryState
+from daemon.upload.protocol import Retry, RetryPolicy, RetryState
 
 #: bytes per bandwidth-token acquisition: small enough for a smooth rate, big enough to be cheap
 PIECE = 64 * 1024
 
 OnRetry = Callable[[str, float, str], None]
+
+
+def retry_policy(cfg: UploadConfig, *, forever: bool = False) -> RetryPolicy:
+    """The ``upload.retry_*`` keys as a policy; the daemon retries ``forever``, ``wodrop upload`` not."""
+    return RetryPolicy(cfg.retry_initial_delay, cfg.retry_max_delay, None if forever else cfg.max_retries)
 
 
 def make_session(cfg: UploadConfig) -> aiohttp.ClientSession:
