@@ -13,6 +13,13 @@ ARG BASE=python:3.12-slim
 # ---- build: resolve and install into a self-contained venv -------------------------------------------
 FROM ${BASE} AS build
 SHELL ["/bin/sh", "-eu", "-c"]
+# Optional pip settings for networks with a package mirror or TLS interception, e.g.
+#   --build-arg PIP_INDEX_URL=https://<mirror>/simple --build-arg PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+# They exist in this build stage only: nothing of them reaches the final image or its history.
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore \
