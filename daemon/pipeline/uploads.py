@@ -34,7 +34,7 @@ from daemon.upload.protocol import (
     UploadGaveUp,
     UploadRejected,
 )
-from daemon.upload.transport import OnRetry
+from daemon.upload.transport import OnRetry, retry_policy
 from daemon.upload.uploader import upload_archive
 
 log = get_logger("wodrop.upload")
@@ -61,9 +61,7 @@ class Uploads:
         self._auth_ok.set()
 
     def _policy(self) -> RetryPolicy:
-        up = self.rt.cfg.upload
-        return RetryPolicy(initial_delay=up.retry_initial_delay, max_delay=up.retry_max_delay,
-                           max_retries=None)
+        return retry_policy(self.rt.cfg.upload, forever=True)
 
     def _on_retry(self, row: BatchRow) -> OnRetry:
         def on_retry(cause: str, delay: float, message: str) -> None:
