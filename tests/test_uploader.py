@@ -106,11 +106,12 @@ async def test_happy_path_sizes(
 async def test_zero_byte_archive(tmp_path: Path, rx_factory: Any, http: aiohttp.ClientSession) -> None:
     rx = rx_factory()
     archive = make_file(tmp_path / "empty.zip", 0)
-    _, url = await api.create_batch(http, rx.url, "k" * 8, "empty")
+    batch_id, url = await api.create_batch(http, rx.url, "k" * 8, "empty")
     copy = await upload_archive(http, archive, url, size=0, chunk_size=K, retry=FAST)
     assert copy.size == 0
     assert rx.stats["requests"] == 2 and rx.stats["chunks"] + rx.stats["status_queries"] == 1
-    # (the receiver does not write {batch_id}.zip for an empty upload yet: reported, not asserted)
+    assert rx.stats["uploads_completed"] == 1
+    assert (rx.store / f"{batch_id}.zip").read_bytes() == b""
 
 
 async def test_checksums_checked_against_the_servers_answer(

@@ -84,6 +84,8 @@ class Sessions:
         def finish() -> None:
             if part.exists():
                 os.replace(part, archive)
+            elif not archive.exists():
+                archive.touch()  # a zero-byte upload never created a .part
             report = build_report(archive, s, digest, s.committed)
             self.store.write_json(self.store.report(s.batch_id), report)
             s.status, s.object_meta = "uploaded", meta

@@ -133,7 +133,9 @@ async def _put(request: web.Request) -> web.Response:
             return json_error(400, str(e))
         if start is None or end is None:
             if s.total is not None and s.committed == s.total:
-                return web.json_response(await r.sessions.finalize(s))
+                meta = await r.sessions.finalize(s)
+                r.stats.add("uploads_completed")
+                return web.json_response(meta)
             return _incomplete(s)
         try:
             return await _receive(request, r, s, start, end, fault)
