@@ -176,6 +176,7 @@ class Daemon:
                         self._task(tg, "batch", batcher.run(batch_q)),
                         self._task(tg, "heartbeat", self._heartbeat(rt)),
                         self._task(tg, "watchdog", watchdog_loop(self.notifier, rt)),
+                        self._task(tg, "check-key", uploads.check_key()),
                     ]
                     tasks += [self._task(tg, f"upload-{i}", uploads.worker(upload_q))
                               for i in range(cfg.upload.concurrency)]

@@ -24,7 +24,7 @@ from daemon.redact import register_secret
 from daemon.runtime import Runtime, UploadProgress
 from daemon.state import BatchRow
 from daemon.units import format_duration, format_size
-from daemon.upload.api import create_batch
+from daemon.upload.api import check_key, create_batch
 from daemon.upload.bandwidth import Bandwidth
 from daemon.upload.protocol import (
     AuthRefused,
@@ -69,6 +69,20 @@ class Uploads:
             self.db.record_error(row.id, message)
             log.warning("upload_retry", batch=row.name, cause=cause, retry_in=round(delay, 2), error=message)
         return on_retry
+
+    async def check_key(self) -> None:
+        """At start-up: tell readiness whether the platform accepts the key, before any batch is due."""
+        while True:
+            try:
+                await check_key(self.http, self.api_url, self.api_key, retry=self._policy())
+            except AuthRefused as e:
+                await self._auth_refused(e)
+                continue
+            except UploadError as e:  # an API without a batch list: the first upload will tell
+                log.info("api_key_check_skipped", reason=e.reason)
+                return
+            self._auth_accepted()
+            return
 
     async def worker(self, queue: asyncio.Queue[int]) -> None:
         while True:

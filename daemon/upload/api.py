@@ -106,3 +106,10 @@ async def get_batch(http: aiohttp.ClientSession, api_url: str, key: str, batch_i
     if "upload_url" in data:
         upload_url_of(data)
     return data
+
+
+async def check_key(http: aiohttp.ClientSession, api_url: str, key: str, *,
+                    retry: RetryPolicy | None = None, on_retry: OnRetry | None = None) -> None:
+    """List batches once, so a refused key is known at start-up (``AuthRefused``), not at the first
+    upload."""
+    await _call(http, "GET", batches_url(api_url), key, None, retry or RetryPolicy(), on_retry)
