@@ -140,6 +140,9 @@ def test_refused_api_key_pauses_uploads_without_failing_anything(tmp_path: Path)
             with pytest.raises(urllib.error.HTTPError) as err:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
             assert err.value.code == 503 and "key" in err.value.read().decode().lower()
+            d.wait_for(lambda: any(e.get("event") == "batch_sealed" for e in d.events()), timeout=30,
+                       what="the work order packed while uploads are paused")
+            time.sleep(1)
             assert d.names_in("failed") == set() and d.names_in("processing") == {"WO_K"}
 
 
