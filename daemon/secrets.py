@@ -20,13 +20,13 @@ class SecretError(Exception):
     """The key source exists but cannot be used (message is safe to show)."""
 
 
-def _read_key_file(path: Path) -> str:
+def _read_key_file(path: Path, *, check_mode: bool = True) -> str:
     try:
         st = path.stat()
         text = path.read_text(encoding="utf-8").strip()
     except OSError as e:
         raise SecretError(f"api.api_key_file {path}: cannot read ({e.strerror})") from None
-    if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+    if check_mode and st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
         log.warning("api_key_file_readable_by_others", path=str(path), hint=f"chmod 600 {path}")
     if not text:
         raise SecretError(f"api.api_key_file {path}: the file is empty")
@@ -46,6 +46,8 @@ def resolve_api_key(cfg: Config, environ: dict[str, str] | None = None) -> str |
     if key is None and environ.get("CREDENTIALS_DIRECTORY"):
         cred = Path(environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME
         if cred.exists():
-            key = _read_key_file(cred)
+            # systemd owns that directory's permissions (newer versions make credentials
+            # group-readable on purpose): no warning there.
+            key = _read_key_file(cred, check_mode=False)
     redact.register_secret(key)
     return key

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from daemon.pipeline.settle import FolderSnapshot, Settler
 from daemon.pipeline.watch import choose_polling, filesystem_type, is_network_fs
 
@@ -73,3 +75,10 @@ def test_network_filesystems_choose_polling() -> None:
     assert all(is_network_fs(t) for t in ("nfs", "nfs4", "cifs", "smb3", "fuse.sshfs"))
     assert not any(is_network_fs(t) for t in ("ext4", "xfs", "btrfs", "tmpfs", "overlay"))
     assert choose_polling("polling", Path("/")) and not choose_polling("events", Path("/"))
+
+
+def test_watchfiles_force_polling_env_makes_auto_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WATCHFILES_FORCE_POLLING", "1")
+    assert choose_polling("auto", Path("/")) and not choose_polling("events", Path("/"))
+    monkeypatch.setenv("WATCHFILES_FORCE_POLLING", "0")
+    assert not choose_polling("auto", Path("/"))

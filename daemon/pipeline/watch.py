@@ -59,11 +59,14 @@ def is_network_fs(fstype: str) -> bool:
 
 
 def choose_polling(mode: str, inbox: Path) -> bool:
-    """``watch.mode``: events, polling, or auto (polling on network filesystems)."""
+    """``watch.mode``: events, polling, or auto (polling on network filesystems, or when
+    ``WATCHFILES_FORCE_POLLING`` is set)."""
     if mode == "polling":
         return True
     if mode == "events":
         return False
+    if os.environ.get("WATCHFILES_FORCE_POLLING", "").lower() not in ("", "0", "false", "no"):
+        return True  # the container convention for share mounts the kernel can't watch
     return is_network_fs(filesystem_type(inbox))
 
 
