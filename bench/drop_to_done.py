@@ -26,17 +26,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from helpers.files import free_port  # noqa: E402
 from helpers.workorders import make_work_order  # noqa: E402
 
 WODROP = [sys.executable, "-m", "daemon"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_receiver(store: Path) -> tuple[subprocess.Popen[bytes], str]:

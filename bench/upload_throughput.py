@@ -12,7 +12,6 @@ chunked upload pays one fsync per chunk where a single PUT pays one in all.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -28,22 +27,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers.files import free_port, sha256_file  # noqa: E402
 
 from daemon.units import format_size, parse_size  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def make_file(path: Path, size: int) -> None:
@@ -107,7 +95,7 @@ def main() -> None:
         archive, store = work / "bench.zip", work / "store"
         print(f"creating a {format_size(size)} file in {work} ...", flush=True)
         make_file(archive, size)
-        digest = sha256(archive)
+        digest = sha256_file(archive)
         tools: dict[str, Callable[[str], list[str]]] = {
             "curl -T (one PUT)": lambda url: [
                 "curl", "-sS", "--fail", "-o", "/dev/null", "-X", "PUT", "-T", str(archive),
@@ -129,7 +117,7 @@ def main() -> None:
                     batch_id, url = new_session(base, "bench")
                     times[name].append(timed(command(url)))
                     stored = store / f"{batch_id}.zip"
-                    if sha256(stored) != digest:
+                    if sha256_file(stored) != digest:
                         raise SystemExit(f"{name}: the stored copy differs from the file")
                     stored.unlink()
         finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from helpers.daemon import API_KEY, DaemonProcess, received_work_orders, write_config
+from helpers.files import free_port
 from helpers.receiver import ReceiverThread
 from helpers.workorders import drop_atomically
 
@@ -131,7 +132,7 @@ def test_sigterm_mid_upload_exits_0_fast_and_the_next_run_resumes(tmp_path: Path
 
 def test_refused_api_key_pauses_uploads_without_failing_anything(tmp_path: Path) -> None:
     with ReceiverThread(tmp_path / "rx", api_key="the-right-key-123") as rx:
-        port = _free_port()
+        port = free_port()
         cfg = write_config(tmp_path, rx.url, status={"listen": f"127.0.0.1:{port}"})
         with DaemonProcess(cfg) as d:
             _drop(tmp_path, d.paths["inbox"], ["WO_K"])
@@ -198,7 +199,7 @@ def test_secrets_never_appear_in_any_output(tmp_path: Path) -> None:
     """The API key and every upload URL's token are absent from logs, reports, status endpoints and the
     `status` command, across a run with retries and a rejected batch."""
     with ReceiverThread(tmp_path / "rx", api_key=API_KEY, faults="status=503:0.2,reset:0.1", seed=3) as rx:
-        port = _free_port()
+        port = free_port()
         cfg = write_config(tmp_path, rx.url, status={"listen": f"127.0.0.1:{port}"},
                            upload={"max_bandwidth": "1MiB"})
         with DaemonProcess(cfg) as d:
@@ -227,12 +228,6 @@ def test_secrets_never_appear_in_any_output(tmp_path: Path) -> None:
     assert API_KEY not in everything
     for t in tokens:
         assert t not in everything
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_inbox_that_vanishes_and_comes_back_does_not_stop_the_daemon(tmp_path: Path) -> None:

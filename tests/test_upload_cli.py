@@ -17,23 +17,10 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers.files import free_port, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 K = 262144
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def random_file(path: Path, size: int) -> Path:
@@ -163,7 +150,7 @@ def test_interop_with_gcp_storage_emulator(tmp_path: Path, gcs: str) -> None:
     url = gcs_session(gcs, "batch.zip")
     r = wodrop_upload(write_config(tmp_path), archive, "--upload-url", url, "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert hashlib.sha256(gcs_read(gcs, "batch.zip")).hexdigest() == sha256(archive)
+    assert hashlib.sha256(gcs_read(gcs, "batch.zip")).hexdigest() == sha256_file(archive)
     events = log_events(r.stderr)
     assert [e["offset"] for e in events if e["event"] == "upload_progress"][-1] == archive.stat().st_size
     assert "upload_id" not in r.stderr + r.stdout  # the session URL's token never shows
@@ -206,7 +193,7 @@ def test_api_mode_uploads_and_keeps_secrets(tmp_path: Path, rx_factory: Any) -> 
     r = wodrop_upload(write_config(tmp_path, rx.url), archive, "--no-progress", api_key=key)
     assert r.returncode == 0, r.stderr
     batch_id = r.stdout.split("to batch ")[1].split()[0]
-    assert sha256(rx.store / f"{batch_id}.zip") == sha256(archive)
+    assert sha256_file(rx.store / f"{batch_id}.zip") == sha256_file(archive)
     batch = api_json(f"{rx.url}/v0.2/batches/{batch_id}/", key)
     assert batch["filename"] == "batch-2024"
     token = batch["upload_url"].split("upload_id=")[1]
@@ -222,7 +209,7 @@ def test_batch_id_mode(tmp_path: Path, rx_factory: Any) -> None:
     archive = random_file(tmp_path / "a.zip", 2 * K)
     r = wodrop_upload(write_config(tmp_path, rx.url), archive, "--batch-id", batch_id, api_key=key)
     assert r.returncode == 0, r.stderr
-    assert sha256(rx.store / f"{batch_id}.zip") == sha256(archive)
+    assert sha256_file(rx.store / f"{batch_id}.zip") == sha256_file(archive)
 
 
 def test_bad_key(tmp_path: Path, rx_factory: Any) -> None:
@@ -253,7 +240,7 @@ def test_every_fault_mixed_api_mode_renews_expired_sessions(tmp_path: Path, rx_f
     r = wodrop_upload(config, archive, "--no-progress", api_key="kkkkkk")
     assert r.returncode == 0, r.stderr
     batch_id = r.stdout.split("to batch ")[1].split()[0]
-    assert sha256(rx.store / f"{batch_id}.zip") == sha256(archive)
+    assert sha256_file(rx.store / f"{batch_id}.zip") == sha256_file(archive)
     events = [e["event"] for e in log_events(r.stderr)]
     assert "upload_retry" in events
     assert rx.stats["faults_injected"].get("expire") and "upload_session_expired" in events
@@ -286,4 +273,4 @@ def test_crash_and_resume(tmp_path: Path, rx_factory: Any) -> None:
     assert rx.stats["bytes_received"] < 1.3 * size  # resumed, not started over
     assert rx.stats["sessions_created"] == 1
     batch_id = r.stdout.split("to batch ")[1].split()[0]
-    assert sha256(rx.store / f"{batch_id}.zip") == sha256(archive)
+    assert sha256_file(rx.store / f"{batch_id}.zip") == sha256_file(archive)

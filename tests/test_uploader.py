@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -12,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from helpers.files import sha256_file
 from helpers.receiver import ReceiverThread
 
 from daemon.config import UploadConfig
@@ -34,10 +34,6 @@ FAST = RetryPolicy(initial_delay=0.01, max_delay=0.05, max_retries=30)
 def make_file(path: Path, size: int) -> Path:
     path.write_bytes(os.urandom(size))
     return path
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
@@ -96,7 +92,7 @@ async def test_happy_path_sizes(
     archive = make_file(tmp_path / "a.zip", size)
     rec = Recorder()
     batch_id = await upload(http, rx, archive, rec=rec)
-    assert sha256(rx.store / f"{batch_id}.zip") == sha256(archive)
+    assert sha256_file(rx.store / f"{batch_id}.zip") == sha256_file(archive)
     expected = [min(n * K, size) for n in range(1, -(-size // K) + 1)]
     assert rec.offsets == expected and not rec.retries
     assert rx.stats["bytes_received"] == size  # nothing sent twice
@@ -149,7 +145,7 @@ async def test_each_fault_alone(
     archive = make_file(tmp_path / "a.zip", 9 * K + 777)
     rec = Recorder()
     batch_id = await upload(http, rx, archive, rec=rec)
-    assert sha256(rx.store / f"{batch_id}.zip") == sha256(archive)
+    assert sha256_file(rx.store / f"{batch_id}.zip") == sha256_file(archive)
     assert rx.stats["faults_injected"], "the fault never fired: the test proves nothing"
     if cause is not None:
         assert cause in rec.causes
@@ -165,7 +161,7 @@ async def test_a_slow_server_times_out_and_is_retried(tmp_path: Path, rx_factory
     async with make_session(UploadConfig(read_timeout=0.2)) as http:
         batch_id = await upload(http, rx, archive, rec=rec)
     assert "timeout" in rec.causes
-    assert sha256(rx.store / f"{batch_id}.zip") == sha256(archive)
+    assert sha256_file(rx.store / f"{batch_id}.zip") == sha256_file(archive)
 
 
 async def test_mixed_faults_with_a_fixed_seed(
@@ -175,7 +171,7 @@ async def test_mixed_faults_with_a_fixed_seed(
     archive = make_file(tmp_path / "a.zip", 40 * K + 12345)
     rec = Recorder()
     batch_id = await upload(http, rx, archive, rec=rec, chunk_size=2 * K)
-    assert sha256(rx.store / f"{batch_id}.zip") == sha256(archive)
+    assert sha256_file(rx.store / f"{batch_id}.zip") == sha256_file(archive)
     assert {"server_error", "connection"} <= rec.causes
     assert len(rx.stats["faults_injected"]) >= 3
 
@@ -231,7 +227,7 @@ async def test_resume_follows_the_server_not_the_hint(
         await upload_archive(http, archive, url, size=size, chunk_size=K, retry=FAST, known_offset=hint,
                              on_offset=rec.on_offset)
         assert rec.offsets[0] in (4 * K, size)
-    assert sha256(rx.store / f"{batch_id}.zip") == sha256(archive)
+    assert sha256_file(rx.store / f"{batch_id}.zip") == sha256_file(archive)
     assert rx.stats["bytes_received"] == size  # resumed, nothing resent
     assert rx.stats["status_queries"] == 2
 
@@ -248,7 +244,7 @@ async def test_bandwidth_limit_is_shared_and_respected(
     elapsed = time.monotonic() - t0
     assert elapsed >= (8 * K - 64 * 1024) / rate * 0.95  # 2 MiB at 4 MiB/s: not faster than the cap
     for f, batch_id in zip(files, ids, strict=True):
-        assert sha256(rx.store / f"{batch_id}.zip") == sha256(f)
+        assert sha256_file(rx.store / f"{batch_id}.zip") == sha256_file(f)
 
 
 def test_bandwidth_bucket_arithmetic() -> None:

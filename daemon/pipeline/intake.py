@@ -46,6 +46,8 @@ class Intake:
     def __init__(self, runtime: Runtime, slots: SpoolSlots) -> None:
         self.rt, self.slots = runtime, slots
         self.wake = asyncio.Event()
+        #: set when the inbox comes back after being unreachable: the watcher must watch it anew
+        self.restart_watcher = asyncio.Event()
         self._strays: set[str] = set()
         self._blocked: set[str] = set()
 
@@ -79,6 +81,7 @@ class Intake:
                 continue
             if self.rt.intake_paused == INBOX_UNREACHABLE:
                 self.rt.intake_paused = None
+                self.restart_watcher.set()
                 log.info("inbox_reachable_again", inbox=str(cfg.paths.inbox))
             for s in set(strays) - self._strays:
                 log.warning("inbox_stray_file", name=s,

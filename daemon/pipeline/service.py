@@ -170,7 +170,8 @@ class Daemon:
             try:
                 async with asyncio.TaskGroup() as tg:
                     tasks = [
-                        self._task(tg, "watch", watch_inbox(rt, intake.wake, self.stop)),
+                        self._task(tg, "watch",
+                                   watch_inbox(rt, intake.wake, self.stop, intake.restart_watcher)),
                         self._task(tg, "intake", intake.run(validate_q, to_validate)),
                         self._task(tg, "validate", validator(rt, finisher, validate_q, batch_q)),
                         self._task(tg, "batch", batcher.run(batch_q)),

@@ -71,23 +71,40 @@ def choose_polling(mode: str, inbox: Path) -> bool:
 
 
 class _TopLevel:
-    """Our own filter (not DefaultFilter, which hides names a user may legitimately use): only the
-    inbox's direct entries matter, a change deep inside a folder is seen by the settle rescans."""
+    """Our own filter (not DefaultFilter, which hides names a user may legitimately use): the inbox's
+    direct entries, and the inbox itself (removed, unmounted); deeper changes are the rescans' job."""
 
     def __init__(self, inbox: Path) -> None:
         self._inbox = os.path.realpath(inbox)
 
     def __call__(self, change: watchfiles.Change, path: str) -> bool:
-        return os.path.dirname(path) == self._inbox
+        return path == self._inbox or os.path.dirname(path) == self._inbox
 
 
-async def watch_inbox(runtime: Runtime, wake: asyncio.Event, stop: asyncio.Event) -> None:
-    """Set ``wake`` on every top-level change; restart the watcher (and force a rescan) if it dies."""
+class _StopOrRestart:
+    """watchfiles polls ``is_set()`` from its thread: stop for good, or end this watch to restart."""
+
+    def __init__(self, stop: asyncio.Event, restart: asyncio.Event) -> None:
+        self.stop, self.restart = stop, restart
+
+    def is_set(self) -> bool:
+        return self.stop.is_set() or self.restart.is_set()
+
+    def set(self) -> None:
+        self.stop.set()
+
+
+async def watch_inbox(runtime: Runtime, wake: asyncio.Event, stop: asyncio.Event,
+                      restart: asyncio.Event) -> None:
+    """Set ``wake`` on every top-level change. Restart the watcher when it fails, when the inbox is
+    replaced (its device/inode change), or when ``restart`` is set (the intake saw the inbox vanish
+    and come back): a watch on a removed directory sees nothing ever again."""
     cfg = runtime.cfg
     polling = choose_polling(cfg.watch.mode, cfg.paths.inbox)
     delay = 1.0
     while not stop.is_set():
         try:
+            restart.clear()
             ident = _identity(cfg.paths.inbox)
             runtime.watcher = "polling" if polling else "events"
             log.info("watcher_started", mode=runtime.watcher, inbox=str(cfg.paths.inbox))
@@ -99,17 +116,17 @@ async def watch_inbox(runtime: Runtime, wake: asyncio.Event, stop: asyncio.Event
                 poll_delay_ms=max(50, int(cfg.watch.poll_interval * 1000)),
                 debounce=200,
                 step=50,
-                stop_event=stop,
+                stop_event=_StopOrRestart(stop, restart),
                 rust_timeout=5000,
                 yield_on_timeout=True,
             ):
                 if changes:
                     wake.set()
                     delay = 1.0
-                elif _identity(cfg.paths.inbox) != ident:
-                    # The inbox was removed or remounted: the old watch sees nothing any more.
+                if _identity(cfg.paths.inbox) != ident:
                     raise FileNotFoundError(f"{cfg.paths.inbox} was replaced or unmounted")
-            return  # stop_event set
+            if restart.is_set() and not stop.is_set():
+                raise FileNotFoundError(f"{cfg.paths.inbox} came back after being unreachable")
         except Exception as e:  # the watcher must never take the daemon down
             runtime.watcher = "restarting"
             log.warning("watcher_failed", error=f"{type(e).__name__}: {e}", retry_in=delay)
