@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 # No test may reach the internet: make sure nothing picks up a proxy from the environment.
 for _name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
@@ -11,3 +16,20 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 # Secrets from the developer's shell must not leak into tests.
 for _name in ("CUSTOMER_API_KEY", "DEEPOMATIC_API_KEY", "WODROP_CONFIG", "CREDENTIALS_DIRECTORY"):
     os.environ.pop(_name, None)
+
+
+@pytest.fixture
+def rx_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start reference receivers (on their own threads) with any build_app options; stopped after."""
+    from helpers.receiver import ReceiverThread
+
+    started: list[ReceiverThread] = []
+
+    def start(**kw: Any) -> ReceiverThread:
+        rx = ReceiverThread(tmp_path / "received", **kw).__enter__()
+        started.append(rx)
+        return rx
+
+    yield start
+    for rx in started:
+        rx.__exit__(None, None, None)

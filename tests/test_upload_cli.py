@@ -159,22 +159,6 @@ def test_interop_with_gcp_storage_emulator(tmp_path: Path, gcs: str) -> None:
 # ---- against the reference receiver --------------------------------------------------------------
 
 
-@pytest.fixture
-def rx_factory(tmp_path: Path) -> Iterator[Any]:
-    from helpers.receiver import ReceiverThread
-
-    started: list[Any] = []
-
-    def start(**kw: Any) -> Any:
-        rx = ReceiverThread(tmp_path / "received", **kw).__enter__()
-        started.append(rx)
-        return rx
-
-    yield start
-    for rx in started:
-        rx.__exit__(None, None, None)
-
-
 def api_json(url: str, key: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     req = urllib.request.Request(
         url, method="POST" if body is not None else "GET",

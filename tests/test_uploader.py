@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +34,6 @@ FAST = RetryPolicy(initial_delay=0.01, max_delay=0.05, max_retries=30)
 def make_file(path: Path, size: int) -> Path:
     path.write_bytes(os.urandom(size))
     return path
-
-
-@pytest.fixture
-def rx_factory(tmp_path: Path) -> Iterator[Any]:
-    started: list[ReceiverThread] = []
-
-    def start(**kw: Any) -> ReceiverThread:
-        rx = ReceiverThread(tmp_path / "received", **kw).__enter__()
-        started.append(rx)
-        return rx
-
-    yield start
-    for rx in started:
-        rx.__exit__(None, None, None)
 
 
 @pytest.fixture
