@@ -246,3 +246,25 @@ def test_inbox_that_vanishes_and_comes_back_does_not_stop_the_daemon(tmp_path: P
             assert d.proc is not None and d.proc.poll() is None
             d.wait_for(lambda: sum(e.get("event") == "watcher_started" for e in d.events()) >= 2, timeout=20,
                        what="the watcher restarted on the new inbox")
+
+
+def test_lagging_uploads_stop_intake_and_the_spool_stays_bounded(tmp_path: Path) -> None:
+    """batch.max_sealed: while uploads lag, at most that many sealed batches wait and the rest of the
+    folders stay in the inbox; everything flows once the uploads catch up."""
+    names = [f"WO_{i}" for i in range(8)]
+    with ReceiverThread(tmp_path / "rx", faults="slow=1s:1.0") as rx:
+        cfg = write_config(tmp_path, rx.url, batch={"max_sealed": 1, "max_work_orders": 1},
+                           upload={"concurrency": 1})
+        with DaemonProcess(cfg) as d:
+            _drop(tmp_path, d.paths["inbox"], names)
+            d.wait_for(lambda: any(e.get("event") == "intake_paused" for e in d.events()), timeout=30,
+                       what="intake paused")
+            most_spooled, deadline = 0, time.monotonic() + 90
+            while d.names_in("done") != set(names):
+                assert time.monotonic() < deadline, "uploads did not catch up"
+                most_spooled = max(most_spooled, len(list((tmp_path / "state" / "spool").glob("*.zip"))))
+                time.sleep(0.05)
+            paused = [e for e in d.events() if e.get("event") == "intake_paused"]
+    assert paused[0]["pending"] > 0, "folders waited in the inbox while intake was paused"
+    assert most_spooled <= 2  # one sealed (uploading) + the open one
+    assert sorted(received_work_orders(rx.store)) == names
