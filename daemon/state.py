@@ -46,7 +46,7 @@ _MIGRATIONS: dict[int, str] = {
         md5              TEXT,
         crc32c           TEXT,
         work_order_count INTEGER NOT NULL DEFAULT 0,
-        seal_reason      TEXT,                             -- size | count | age | single | shutdown
+        seal_reason      TEXT,                             -- size | count | age | single | duplicate
         remote_batch_id  TEXT,
         upload_url       TEXT,                             -- secret: never shown, never logged
         committed_offset INTEGER NOT NULL DEFAULT 0,

@@ -31,7 +31,7 @@ FOLDERS = ("inbox", "processing", "done", "failed", "state")
 # Known label values, created at zero so that rate() and increase() alerts work from the first scrape.
 _KNOWN_LABELS = (
     (metrics.WORK_ORDERS, ("done", "invalid", "rejected")),
-    (metrics.BATCHES_SEALED, ("size", "count", "age", "single", "shutdown")),
+    (metrics.BATCHES_SEALED, ("size", "count", "age", "single", "duplicate")),
     (metrics.RETRIES, ("timeout", "connection", "server_error", "throttled", "session_expired", "auth")),
 )
 _HEADERS = {
