@@ -188,3 +188,22 @@ def test_top_level_files_and_dot_folders_are_left_alone(tmp_path: Path) -> None:
         assert (inbox / ".staging_WO").is_dir()
         assert any(e.get("event") == "inbox_stray_file" for e in d.events())
     assert os.listdir(d.paths["failed"]) == []
+
+
+def test_validate_by_hand_knows_what_the_daemon_already_sent(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with ReceiverThread(tmp_path / "received") as rx:
+        cfg = write_config(tmp_path, rx.url)
+        with DaemonProcess(cfg) as d:
+            drop_atomically(tmp_path / "s1", d.paths["inbox"], "WO_V")
+            d.wait_for(lambda: "WO_V" in d.names_in("done"), timeout=30, what="WO_V done")
+    again = make_work_order(tmp_path / "again", "WO_V")
+    other = make_work_order(tmp_path / "again", "WO_NEW")
+    cmd = [sys.executable, "-m", "daemon", "validate", "--json", "-c", str(cfg), str(again.parent)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    doc = {w["id"]: w for w in json.loads(r.stdout)["work_orders"]}
+    assert r.returncode == 1
+    assert [e["code"] for e in doc["WO_V"]["errors"]] == ["duplicate_work_order"]
+    assert doc[other.name]["valid"]

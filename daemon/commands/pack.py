@@ -14,7 +14,7 @@ from pathlib import Path
 
 from daemon.archive import BatchArchiveWriter, SourceChanged
 from daemon.cli import EXIT_FAILED, EXIT_OK, UsageError, load_cli_config
-from daemon.commands.validate import collect_work_orders, print_report, summary
+from daemon.commands.validate import already_sent, collect_work_orders, print_report, summary
 from daemon.fsops import fsync_dir, rename_noreplace
 from daemon.units import format_size
 from daemon.workorder import Issue, WorkOrderReport, validate_work_order
@@ -35,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
     marker = cfg.watch.ready_marker
     reports: list[WorkOrderReport] = []
     packed_from: dict[str, Path] = {}
+    sent = already_sent(cfg)
     for folder in collect_work_orders(args.paths, marker):
-        report = validate_work_order(folder, cfg.format, ready_marker=marker)
+        report = validate_work_order(folder, cfg.format, ready_marker=marker, is_duplicate=sent)
         first = packed_from.get(report.id)
         if first is not None:
             report.errors.append(Issue(

@@ -5,15 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from daemon.cli import EXIT_FAILED, EXIT_OK, UsageError, load_cli_config
+from daemon.config import Config
+from daemon.state import StateDB, StateError
 from daemon.workorder import WorkOrderReport, find_work_orders, validate_work_order
 from daemon.workorder.validate import display_name
 
 SHOWN_FILES = 8  # the full processing order is in --json
+
+
+def already_sent(cfg: Config) -> Callable[[str], bool] | None:
+    """With ``format.on_duplicate: reject``, the state DB (when this config has one) says which ids
+    were already sent, so a person checking a folder by hand hears it before dropping it."""
+    if cfg.format.on_duplicate != "reject" or not cfg.paths.db.exists():
+        return None
+    try:
+        db = StateDB(cfg.paths.db, readonly=True)
+    except StateError:
+        return None
+    return db.is_duplicate
 
 
 def collect_work_orders(paths: Sequence[str], ready_marker: str | None) -> list[Path]:
@@ -58,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_cli_config(args)
     marker = cfg.watch.ready_marker
     folders = collect_work_orders(args.paths, marker)
-    reports = [validate_work_order(f, cfg.format, ready_marker=marker) for f in folders]
+    sent = already_sent(cfg)
+    reports = [validate_work_order(f, cfg.format, ready_marker=marker, is_duplicate=sent) for f in folders]
     if args.json:
         doc = {"work_orders": [r.to_dict() for r in reports]}
         print(json.dumps(doc, indent=2, ensure_ascii=False))
