@@ -128,7 +128,9 @@ class Daemon:
             return
         from daemon.receiver import start_receiver
 
-        store = cfg.paths.state.parent / "received"
+        # ./wodrop-data/received for a newcomer with no config; inside the state folder otherwise
+        # (the one place a configured install, e.g. a read-only container, is sure to write).
+        store = cfg.paths.state.parent / "received" if cfg.source is None else cfg.paths.state / "received"
         receiver = await start_receiver(store)
         log.warning("embedded_receiver", url=receiver.url, store=str(store),
                     note="api.url is not set: batches go to a local test receiver, NOT to the platform")
