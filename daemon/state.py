@@ -371,15 +371,17 @@ class StateDB:
                 (time.time(), batch_id),
             )
 
-    def unassign_batch(self, batch_id: int) -> list[WorkOrderRow]:
-        """Recovery: a discarded open batch's work orders go back to ``claimed`` to be packed again."""
+    def unassign_batch(self, batch_id: int) -> list[int]:
+        """A discarded batch's work orders go back to ``claimed`` to be packed again; returns their ids."""
         with self.transaction() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM work_orders WHERE batch_id = ? AND state = 'batched'", (batch_id,))]
             db.execute(
                 "UPDATE work_orders SET state = 'claimed', batch_id = NULL, updated_at = ?"
                 " WHERE batch_id = ? AND state = 'batched'",
                 (time.time(), batch_id),
             )
-        return self.work_orders(states=["claimed"])
+        return ids
 
     def plan_move(self, wo_id: int, dest: Path) -> None:
         """Record where a folder is about to be renamed to, so recovery can tell a done move from a

@@ -268,3 +268,20 @@ def test_lagging_uploads_stop_intake_and_the_spool_stays_bounded(tmp_path: Path)
     assert paused[0]["pending"] > 0, "folders waited in the inbox while intake was paused"
     assert most_spooled <= 2  # one sealed (uploading) + the open one
     assert sorted(received_work_orders(rx.store)) == names
+
+
+def test_a_damaged_spool_archive_is_never_uploaded_and_its_work_orders_are_packed_again(
+    tmp_path: Path,
+) -> None:
+    with ReceiverThread(tmp_path / "rx", faults="slow=0.5s:1.0") as rx:
+        cfg = write_config(tmp_path, rx.url, upload={"max_bandwidth": "256KiB"})
+        with DaemonProcess(cfg) as d:
+            _drop(tmp_path, d.paths["inbox"], ["WO_Z1", "WO_Z2"], image_size=300_000)
+            d.wait_for(lambda: any(e.get("event") == "upload_started" for e in d.events()), timeout=30,
+                       what="upload started")
+            (archive,) = (tmp_path / "state" / "spool").glob("*.zip")
+            with open(archive, "r+b") as f:
+                f.truncate(100_000)  # the disk lost the end of it
+            d.wait_for(lambda: d.names_in("done") == {"WO_Z1", "WO_Z2"}, timeout=90, what="done")
+            assert any(e.get("event") == "batch_archive_lost" for e in d.events())
+    assert sorted(received_work_orders(rx.store)) == ["WO_Z1", "WO_Z2"]

@@ -167,7 +167,7 @@ class Daemon:
 
         intake = Intake(rt, slots)
         async with make_session(cfg.upload) as http:
-            uploads = Uploads(rt, finisher, slots, http, api_url, api_key)
+            uploads = Uploads(rt, finisher, slots, http, api_url, api_key, validate_q)
             batcher = Batcher(rt, finisher, slots, upload_q)
             try:
                 async with asyncio.TaskGroup() as tg:

@@ -27,6 +27,7 @@ from daemon.units import format_duration, format_size
 from daemon.upload.api import check_key, create_batch
 from daemon.upload.bandwidth import Bandwidth
 from daemon.upload.protocol import (
+    ArchiveChanged,
     AuthRefused,
     RetryPolicy,
     SessionExpired,
@@ -52,9 +53,11 @@ class Uploads:
     """The upload stage: workers, shared bandwidth, and the pause while the API key is refused."""
 
     def __init__(self, runtime: Runtime, finisher: Finisher, slots: SpoolSlots, http: aiohttp.ClientSession,
-                 api_url: str, api_key: str) -> None:
+                 api_url: str, api_key: str, repack: asyncio.Queue[int]) -> None:
         self.rt, self.db, self.finisher, self.slots = runtime, runtime.db, finisher, slots
         self.http, self.api_url, self.api_key = http, api_url, api_key
+        #: the validation queue: work orders of an archive that went bad in the spool start over there
+        self.repack = repack
         bw = runtime.cfg.upload.max_bandwidth
         self.limiter = Bandwidth(bw) if bw else None
         self._auth_ok = asyncio.Event()
@@ -118,6 +121,15 @@ class Uploads:
         log.info("upload_session_created", batch=row.name, remote_batch_id=remote_id)
         return self.db.batch(row.id)
 
+    async def _archive_lost(self, row: BatchRow, why: str) -> None:
+        """The sealed archive vanished or changed in the spool (our own file, but a disk or a person
+        can still damage it): never upload it; pack its work orders again from processing/."""
+        log.error("batch_archive_lost", batch=row.name, error=why, action="packing its work orders again")
+        self.db.finish_batch(row.id, "discarded", error=why)
+        await asyncio.to_thread(Path(row.archive_path).unlink, missing_ok=True)
+        for wo_id in self.db.unassign_batch(row.id):
+            await self.repack.put(wo_id)
+
     async def upload_batch(self, batch_id: int) -> None:
         row = self.db.batch(batch_id)
         assert row.size is not None
@@ -156,6 +168,9 @@ class Uploads:
                 except AuthRefused as e:
                     await self._auth_refused(e)
                     continue
+                except (ArchiveChanged, FileNotFoundError) as e:
+                    await self._archive_lost(row, str(e))
+                    break
                 except UploadRejected as e:
                     log.error("batch_rejected", batch=row.name, reason=e.reason)
                     self.db.record_error(batch_id, e.reason)
