@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.pipeline.settle import FolderSnapshot, Settler
 from daemon.pipeline.watch import choose_polling, filesystem_type, is_network_fs
@@ -82,3 +84,23 @@ def test_watchfiles_force_polling_env_makes_auto_poll(monkeypatch: pytest.Monkey
     assert choose_polling("auto", Path("/")) and not choose_polling("events", Path("/"))
     monkeypatch.setenv("WATCHFILES_FORCE_POLLING", "0")
     assert not choose_polling("auto", Path("/"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.01, 3.0), st.integers(0, 3), st.booleans()), min_size=1, max_size=40),
+       st.floats(0.5, 5.0))
+def test_never_ready_before_settle_seconds_without_change(
+    steps: list[tuple[float, int, bool]], settle: float
+) -> None:
+    """Whatever the sequence of scans, a folder is reported only after `settle` seconds with the same
+    signature and no temp file, and is reported once it has been stable that long."""
+    s = Settler(settle=settle)
+    now, last_change, last_sig = 0.0, 0.0, None
+    for gap, version, temp in steps:
+        now += gap
+        snap = FolderSnapshot((("a.jpg", version, version, 1),), temp, False)
+        if snap.signature != last_sig:
+            last_change, last_sig = now, snap.signature
+        ready = s.update({"WO": snap}, now=now)
+        stable = now - last_change >= settle and not temp
+        assert (ready == ["WO"]) == stable
