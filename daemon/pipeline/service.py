@@ -29,7 +29,7 @@ from daemon.pipeline.intake import Intake
 from daemon.pipeline.recovery import recover
 from daemon.pipeline.uploads import Uploads
 from daemon.pipeline.validation import validator
-from daemon.pipeline.watch import watch_inbox
+from daemon.pipeline.watch import filesystem_type, is_network_fs, watch_inbox
 from daemon.runtime import Runtime
 from daemon.sdnotify import Notifier, watchdog_loop
 from daemon.secrets import SecretError, resolve_api_key
@@ -63,6 +63,10 @@ def prepare_folders(cfg: Config) -> None:
             log.info("folder_created", key=key, path=str(folder))
         if not os.access(folder, os.W_OK | os.X_OK):
             raise StartupError(f"paths.{key}: {folder} is not writable by this user (uid {os.getuid()})")
+    state_fs = filesystem_type(p.state)
+    if is_network_fs(state_fs):
+        log.warning("state_on_network_filesystem", path=str(p.state), fstype=state_fs,
+                    hint="SQLite's locking is unreliable on network filesystems: put paths.state on local disk")
     try:
         check_same_filesystem(
             {"inbox": p.inbox, "processing": p.processing, "done": p.done, "failed": p.failed}
