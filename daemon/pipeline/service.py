@@ -66,7 +66,7 @@ def prepare_folders(cfg: Config) -> None:
     state_fs = filesystem_type(p.state)
     if is_network_fs(state_fs):
         log.warning("state_on_network_filesystem", path=str(p.state), fstype=state_fs,
-                    hint="SQLite's locking is unreliable on network filesystems: put paths.state on local disk")
+                    hint="SQLite locking is unreliable on network filesystems: use a local disk")
     try:
         check_same_filesystem(
             {"inbox": p.inbox, "processing": p.processing, "done": p.done, "failed": p.failed}
