@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
 import threading
 import time
+import zipfile
 from datetime import datetime
 from pathlib import Path
 
@@ -139,8 +142,6 @@ def test_ready_marker_mode_waits_for_marker_and_does_not_archive_it(tmp_path: Pa
             (d.paths["inbox"] / "WO_M" / ".ready").touch()
             d.wait_for(lambda: "WO_M" in d.names_in("done"), timeout=30, what="WO_M done")
         archives = list(rx.store.glob("*.zip"))
-        import zipfile
-
         with zipfile.ZipFile(archives[0]) as zf:
             names = zf.namelist()
     assert names and not any(n.endswith(".ready") for n in names)
@@ -157,6 +158,15 @@ def test_duplicate_work_order_is_rejected_and_never_uploaded_twice(tmp_path: Pat
         report = json.loads((d.paths["failed"] / "WO_D.error.json").read_text())
         assert [e["code"] for e in report["errors"]] == ["duplicate_work_order"]
         assert received_work_orders(rx.store) == ["WO_D"]
+    # `wodrop validate` by hand, with the daemon's config, knows what the daemon already sent
+    again = make_work_order(tmp_path / "again", "WO_D")
+    other = make_work_order(tmp_path / "again", "WO_NEW")
+    cmd = [sys.executable, "-m", "daemon", "validate", "--json", "-c", str(cfg), str(again.parent)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    doc = {w["id"]: w for w in json.loads(r.stdout)["work_orders"]}
+    assert r.returncode == 1
+    assert [e["code"] for e in doc["WO_D"]["errors"]] == ["duplicate_work_order"]
+    assert doc[other.name]["valid"]
 
 
 def test_names_taken_in_done_get_a_suffix_and_nothing_is_overwritten(tmp_path: Path) -> None:
@@ -188,22 +198,3 @@ def test_top_level_files_and_dot_folders_are_left_alone(tmp_path: Path) -> None:
         assert (inbox / ".staging_WO").is_dir()
         assert any(e.get("event") == "inbox_stray_file" for e in d.events())
     assert os.listdir(d.paths["failed"]) == []
-
-
-def test_validate_by_hand_knows_what_the_daemon_already_sent(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    with ReceiverThread(tmp_path / "received") as rx:
-        cfg = write_config(tmp_path, rx.url)
-        with DaemonProcess(cfg) as d:
-            drop_atomically(tmp_path / "s1", d.paths["inbox"], "WO_V")
-            d.wait_for(lambda: "WO_V" in d.names_in("done"), timeout=30, what="WO_V done")
-    again = make_work_order(tmp_path / "again", "WO_V")
-    other = make_work_order(tmp_path / "again", "WO_NEW")
-    cmd = [sys.executable, "-m", "daemon", "validate", "--json", "-c", str(cfg), str(again.parent)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    doc = {w["id"]: w for w in json.loads(r.stdout)["work_orders"]}
-    assert r.returncode == 1
-    assert [e["code"] for e in doc["WO_V"]["errors"]] == ["duplicate_work_order"]
-    assert doc[other.name]["valid"]
