@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers.files import free_port  # noqa: E402
 from helpers.workorders import make_work_order  # noqa: E402
 
-WODROP = [sys.executable, "-m", "daemon"]
+WODROP = [sys.executable, "-m", "wodrop"]
 
 
 def start_receiver(store: Path) -> tuple[subprocess.Popen[bytes], str]:

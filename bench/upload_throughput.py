@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from helpers.files import free_port, sha256_file  # noqa: E402
 
-from daemon.units import format_size, parse_size  # noqa: E402
+from wodrop.units import format_size, parse_size  # noqa: E402
 
 
 def make_file(path: Path, size: int) -> None:
@@ -45,7 +45,7 @@ def make_file(path: Path, size: int) -> None:
 def start_receiver(store: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon", "receiver", "--listen", f"127.0.0.1:{port}", "--store", str(store)],
+        [sys.executable, "-m", "wodrop", "receiver", "--listen", f"127.0.0.1:{port}", "--store", str(store)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 20
@@ -107,7 +107,7 @@ def main() -> None:
             config.write_text(json.dumps({"paths": {"state": str(work / f"state-{chunk}")},
                                           "upload": {"chunk_size": chunk}, "log": {"level": "warning"}}))
             tools[f"wodrop upload, {format_size(chunk)} chunks"] = lambda url, c=config: [
-                sys.executable, "-m", "daemon", "upload", "-c", str(c), str(archive), "--upload-url", url,
+                sys.executable, "-m", "wodrop", "upload", "-c", str(c), str(archive), "--upload-url", url,
                 "--no-progress"]
         times: dict[str, list[float]] = {name: [] for name in tools}
         proc, base = start_receiver(store)

@@ -16,9 +16,9 @@ import google_crc32c
 import pytest
 from helpers.workorders import make_work_order
 
-from daemon.archive import CHUNK_SIZE, ArchiveDigest, BatchArchiveWriter, SourceChanged
-from daemon.config import FormatConfig
-from daemon.workorder import FileEntry, WorkOrderReport, validate_work_order
+from wodrop.archive import CHUNK_SIZE, ArchiveDigest, BatchArchiveWriter, SourceChanged
+from wodrop.config import FormatConfig
+from wodrop.workorder import FileEntry, WorkOrderReport, validate_work_order
 
 UNZIP = shutil.which("unzip")
 

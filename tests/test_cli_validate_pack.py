@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers.workorders import make_work_order
 
-from daemon.cli import main
+from wodrop.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,7 +22,7 @@ def wodrop(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``python -m daemon`` as a real subprocess (what a user or script runs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WODROP")}
     env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-m", "daemon", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "wodrop", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60, check=False)
 
 

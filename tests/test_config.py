@@ -12,7 +12,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from daemon.config import Config, ConfigError, load_config
+from wodrop.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "example.yaml"
@@ -141,7 +141,7 @@ def test_cli_config_error_exits_2_without_traceback(tmp_path: Path) -> None:
     env["PYTHONPATH"] = str(REPO)
 
     def wodrop(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "daemon", *args], cwd=tmp_path, env={**env, **extra},
+        return subprocess.run([sys.executable, "-m", "wodrop", *args], cwd=tmp_path, env={**env, **extra},
                               capture_output=True, text=True, timeout=60, check=False)
 
     for run in (

@@ -161,7 +161,7 @@ def test_duplicate_work_order_is_rejected_and_never_uploaded_twice(tmp_path: Pat
     # `wodrop validate` by hand, with the daemon's config, knows what the daemon already sent
     again = make_work_order(tmp_path / "again", "WO_D")
     other = make_work_order(tmp_path / "again", "WO_NEW")
-    cmd = [sys.executable, "-m", "daemon", "validate", "--json", "-c", str(cfg), str(again.parent)]
+    cmd = [sys.executable, "-m", "wodrop", "validate", "--json", "-c", str(cfg), str(again.parent)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     doc = {w["id"]: w for w in json.loads(r.stdout)["work_orders"]}
     assert r.returncode == 1

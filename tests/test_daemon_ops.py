@@ -213,9 +213,9 @@ def test_secrets_never_appear_in_any_output(tmp_path: Path) -> None:
         import subprocess
         import sys
 
-        status = subprocess.run([sys.executable, "-m", "daemon", "status", "-c", str(cfg)],
+        status = subprocess.run([sys.executable, "-m", "wodrop", "status", "-c", str(cfg)],
                                 capture_output=True, text=True, timeout=30)
-        status_json = subprocess.run([sys.executable, "-m", "daemon", "status", "--json", "-c", str(cfg)],
+        status_json = subprocess.run([sys.executable, "-m", "wodrop", "status", "--json", "-c", str(cfg)],
                                      capture_output=True, text=True, timeout=30)
         db = sqlite3.connect(tmp_path / "state" / "wodrop.sqlite3")
         urls = [u for (u,) in db.execute("SELECT upload_url FROM batches") if u]

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.workorder.names import ImageName, is_junk, is_temp, parse_image_name, processing_order
+from wodrop.workorder.names import ImageName, is_junk, is_temp, parse_image_name, processing_order
 
 EXTS = st.sampled_from(["jpg", "JPG", "Jpg", "jpeg", "JPEG", "jPeG", "png", "PNG", "pNg"])
 # Task groups: any printable text (unicode, hyphens, digits, dots) that a file name can hold, non-empty,

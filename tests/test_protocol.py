@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.upload.protocol import (
+from wodrop.upload.protocol import (
     CHUNK_ALIGN,
     AuthRefused,
     ResumableUpload,
@@ -275,7 +275,7 @@ def test_429_honours_retry_after() -> None:
 
 
 def test_server_detail_is_redacted_and_short() -> None:
-    from daemon.redact import register_secret
+    from wodrop.redact import register_secret
 
     register_secret("https://up.example/upload?upload_id=SECRETTOKEN123")
     body = b'{"error": {"message": "bad session https://up.example/upload?upload_id=SECRETTOKEN123"}}'

@@ -10,7 +10,7 @@ import pytest
 import requests
 from helpers.receiver import ReceiverThread
 
-from daemon.receiver import FaultPlan, FaultSpecError, parse_faults
+from wodrop.receiver import FaultPlan, FaultSpecError, parse_faults
 
 ALIGN = 262144
 AUTH = {"Authorization": "Token k"}

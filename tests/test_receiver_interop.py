@@ -19,8 +19,8 @@ import requests
 from google.resumable_media import requests as grm
 from helpers.receiver import ReceiverThread
 
-from daemon.cli import main
-from daemon.receiver import start_receiver
+from wodrop.cli import main
+from wodrop.receiver import start_receiver
 
 ALIGN = 262144
 
@@ -106,7 +106,7 @@ def test_cli_serves_logs_and_stops_on_sigterm(tmp_path: Path) -> None:
     key = "very-secret-api-key"
     argv = ["receiver", "--listen", "127.0.0.1:0", "--store", str(tmp_path), "--api-key", key]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "daemon", *argv, "--faults", "slow=1ms:0.5", "--seed", "1"],
+        [sys.executable, "-m", "wodrop", *argv, "--faults", "slow=1ms:0.5", "--seed", "1"],
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from helpers.statusdb import write_config
 
-from daemon.cli import main
-from daemon.config import Config, load_config
-from daemon.fsops import failure_report
-from daemon.state import StateDB
+from wodrop.cli import main
+from wodrop.config import Config, load_config
+from wodrop.fsops import failure_report
+from wodrop.state import StateDB
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -137,6 +137,6 @@ def test_unknown_name_and_paths_are_refused(site: tuple[Path, Config],
 def test_usage_errors_exit_2(site: tuple[Path, Config]) -> None:
     cfg_path, _ = site
     for args in ([], ["WO_1", "--all"]):
-        r = subprocess.run([sys.executable, "-m", "daemon", "retry", "-c", str(cfg_path), *args],
+        r = subprocess.run([sys.executable, "-m", "wodrop", "retry", "-c", str(cfg_path), *args],
                            cwd=REPO, capture_output=True, text=True, timeout=30)
         assert r.returncode == 2 and "name work orders or use --all" in r.stderr

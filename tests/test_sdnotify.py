@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers.statusdb import populate
 
-from daemon.sdnotify import Notifier, watchdog_loop
+from wodrop.sdnotify import Notifier, watchdog_loop
 
 
 class FakeSystemd:

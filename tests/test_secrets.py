@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from daemon import redact
-from daemon.config import load_config
-from daemon.logs import get_logger, setup_logging
-from daemon.secrets import SecretError, resolve_api_key
+from wodrop import redact
+from wodrop.config import load_config
+from wodrop.logs import get_logger, setup_logging
+from wodrop.secrets import SecretError, resolve_api_key
 
 
 def _cfg(tmp_path: Path, key_file: Path | None = None):  # type: ignore[no-untyped-def]

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.pipeline.settle import FolderSnapshot, Settler
-from daemon.pipeline.watch import choose_polling, filesystem_type, is_network_fs
+from wodrop.pipeline.settle import FolderSnapshot, Settler
+from wodrop.pipeline.watch import choose_polling, filesystem_type, is_network_fs
 
 A = FolderSnapshot((("a.jpg", 10, 1, 1),), False, False)
 A_GROWN = FolderSnapshot((("a.jpg", 20, 2, 1),), False, False)

@@ -17,7 +17,7 @@ SECRETS = (API_KEY, UPLOAD_URL, "SECRET-UPLOAD-ID")
 
 def wodrop_status(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CUSTOMER_API_KEY": API_KEY}  # as the daemon's own environment would have it
-    return subprocess.run([sys.executable, "-m", "daemon", "status", "-c", str(config), *args],
+    return subprocess.run([sys.executable, "-m", "wodrop", "status", "-c", str(config), *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers.statusdb import StatusFixture, populate
 
-from daemon.status import collect_status, summary_line
+from wodrop.status import collect_status, summary_line
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from helpers.statusdb import API_KEY, UPLOAD_URL, populate
 from PIL import Image
 
-from daemon.status.server import start_status_server
+from wodrop.status.server import start_status_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"

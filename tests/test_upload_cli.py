@@ -53,7 +53,7 @@ def cli_env(api_key: str | None = None) -> dict[str, str]:
 
 
 def upload_cmd(config: Path, archive: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "daemon", "upload", "-c", str(config), str(archive), *extra]
+    return [sys.executable, "-m", "wodrop", "upload", "-c", str(config), str(archive), *extra]
 
 
 def wodrop_upload(config: Path, archive: Path, *extra: str, api_key: str | None = None,

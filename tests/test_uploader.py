@@ -14,18 +14,18 @@ import pytest
 from helpers.files import sha256_file
 from helpers.receiver import ReceiverThread
 
-from daemon.config import UploadConfig
-from daemon.upload import api
-from daemon.upload.bandwidth import Bandwidth
-from daemon.upload.protocol import (
+from wodrop.config import UploadConfig
+from wodrop.upload import api
+from wodrop.upload.bandwidth import Bandwidth
+from wodrop.upload.protocol import (
     AuthRefused,
     RetryPolicy,
     SessionExpired,
     UploadGaveUp,
     UploadRejected,
 )
-from daemon.upload.transport import make_session
-from daemon.upload.uploader import upload_archive
+from wodrop.upload.transport import make_session
+from wodrop.upload.uploader import upload_archive
 
 K = 262144
 FAST = RetryPolicy(initial_delay=0.01, max_delay=0.05, max_retries=30)
@@ -99,7 +99,7 @@ async def test_zero_byte_archive(tmp_path: Path, rx_factory: Any, http: aiohttp.
 async def test_checksums_checked_against_the_servers_answer(
     tmp_path: Path, rx_factory: Any, http: aiohttp.ClientSession
 ) -> None:
-    from daemon.commands.upload import Digest, file_digest
+    from wodrop.commands.upload import Digest, file_digest
 
     rx = rx_factory()
     archive = make_file(tmp_path / "a.zip", 2 * K + 10)

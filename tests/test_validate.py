@@ -15,8 +15,8 @@ import pytest
 from helpers.workorders import image_bytes, jpeg_bytes, make_work_order, png_bytes
 from PIL import Image
 
-from daemon.config import FormatConfig
-from daemon.workorder import WorkOrderReport, find_work_orders, validate_work_order
+from wodrop.config import FormatConfig
+from wodrop.workorder import WorkOrderReport, find_work_orders, validate_work_order
 
 DEFAULT = FormatConfig()
 

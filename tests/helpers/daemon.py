@@ -60,7 +60,7 @@ class DaemonProcess:
     def start(self) -> DaemonProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process for its lifetime
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run", "-c", str(self.config)],
+            [sys.executable, "-m", "wodrop", "run", "-c", str(self.config)],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, stdin=subprocess.DEVNULL,
         )
         log.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from daemon.receiver import RunningReceiver, start_receiver
+from wodrop.receiver import RunningReceiver, start_receiver
 
 
 class ReceiverThread:

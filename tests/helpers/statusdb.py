@@ -7,10 +7,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.config import Config, load_config
-from daemon.redact import register_secret
-from daemon.runtime import Runtime, UploadProgress
-from daemon.state import StateDB
+from wodrop.config import Config, load_config
+from wodrop.redact import register_secret
+from wodrop.runtime import Runtime, UploadProgress
+from wodrop.state import StateDB
 
 API_KEY = "sk-test-APIKEY-4f2b9c1d8e7a"
 UPLOAD_URL = "https://storage.example.test/upload/resumable?upload_id=SECRET-UPLOAD-ID-91b3f0"

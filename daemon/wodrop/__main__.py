@@ -1,0 +1,5 @@
+import sys
+
+from wodrop.cli import main
+
+sys.exit(main())

@@ -1,0 +1,97 @@
+"""``wodrop status [--json]``: batches, progress and recent failures, read from the state DB.
+
+The DB is opened read-only; in WAL mode a reader never waits for the daemon's writes, so this works
+while the daemon runs. Without a DB there is simply nothing to show yet: that is not a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from wodrop.cli import EXIT_FAILED, EXIT_OK, load_cli_config
+from wodrop.redact import redact
+from wodrop.secrets import SecretError, resolve_api_key
+from wodrop.state import StateDB, StateError
+from wodrop.status.collect import collect_status, empty_status
+from wodrop.units import format_duration, format_size
+
+
+def _clean(value: object) -> str:
+    """Redacted, with control characters escaped: folder names must not drive the terminal."""
+    text = redact("" if value is None else str(value))
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def _ago(ts: str | None) -> str:
+    if not ts:
+        return "-"
+    return f"{format_duration((datetime.now(UTC) - datetime.fromisoformat(ts)).total_seconds())} ago"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+
+
+def _sent(b: dict[str, Any]) -> str:
+    if not b["bytes_total"]:
+        return format_size(b["bytes_sent"]) if b["bytes_sent"] else "-"
+    return f"{format_size(b['bytes_sent'])} / {format_size(b['bytes_total'])} ({b['percent']:.0f}%)"
+
+
+def render_text(status: dict[str, Any]) -> str:
+    lines = [f"Health: {_clean(status['health']['reason'])}", ""]
+    if status["batches"]:
+        lines.append("Batches (active first, then recent):")
+        rows = [
+            [_clean(b["state"]), _clean(b["name"]), _sent(b), str(b["work_orders"]),
+             _ago(b["finished_at"] or b["updated_at"]), _clean(b["last_error"] or "-")]
+            for b in status["batches"]
+        ]
+        lines += ["  " + r for r in _table(["STATE", "BATCH", "SENT", "WO", "UPDATED", "LAST ERROR"], rows)]
+    else:
+        lines.append("Batches: none yet")
+    lines.append("")
+    if status["failures"]:
+        lines.append("Recent failures:")
+        for f in status["failures"]:
+            lines.append(f"  {_clean(f['work_order'])}  {_clean(f['stage'])}  failed {_ago(f['failed_at'])}"
+                         f"  ({_clean(f['path'])})")
+            for e in f["errors"] or [{"code": "unknown", "file": None, "message": "no reason recorded"}]:
+                where = f" [{_clean(e['file'])}]" if e["file"] else ""
+                lines.append(f"    - {_clean(e['code'])}{where}: {_clean(e['message'])}")
+    else:
+        lines.append("Recent failures: none")
+    lines.append("")
+    for title, key in (("Batches", "batches"), ("Work orders", "work_orders")):
+        counts = status["counts"][key]
+        text = ", ".join(f"{_clean(s)} {n}" for s, n in sorted(counts.items())) or "none"
+        lines.append(f"{title} by state: {text}")
+    lines.append(f"Failed today: {status['failed_today']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_cli_config(args)
+    try:  # known secrets get masked wherever they might have slipped into a stored message
+        resolve_api_key(cfg)
+    except SecretError:
+        pass  # reading the key is not needed to show status
+    path = cfg.paths.db
+    if not path.exists():
+        reason = f"no state yet: the daemon has not run with this config (state: {path})"
+        print(json.dumps(empty_status(reason), indent=2) if args.json else reason)
+        return EXIT_OK
+    try:
+        with StateDB(path, readonly=True) as db:
+            status = collect_status(db)
+    except (StateError, sqlite3.Error) as e:
+        print(f"wodrop status: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(status, indent=2, ensure_ascii=False) if args.json else render_text(status))
+    return EXIT_OK

@@ -1,0 +1,290 @@
+"""``wodrop upload ARCHIVE [--batch-id ID | --upload-url URL]``: one upload that a re-run resumes.
+
+The session (batch id, upload URL) is written to the state DB before the first byte, and the offset
+the server confirms after every chunk; a re-run of the same command on the same file (same path, size
+and mtime) finds that record and resumes from what the server holds, which a status query tells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import stat
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import google_crc32c
+from tqdm import tqdm
+
+from wodrop.cli import EXIT_FAILED, EXIT_OK, UsageError, load_cli_config
+from wodrop.config import Config
+from wodrop.logs import get_logger, setup_logging
+from wodrop.redact import redact, register_secret
+from wodrop.secrets import SecretError, resolve_api_key
+from wodrop.state import BatchRow, StateDB
+from wodrop.units import format_duration, format_size
+from wodrop.upload import api
+from wodrop.upload.bandwidth import Bandwidth
+from wodrop.upload.protocol import (
+    RetryPolicy,
+    ServerCopy,
+    SessionExpired,
+    UploadError,
+    UploadGaveUp,
+    UploadRejected,
+    check_server_copy,
+)
+from wodrop.upload.transport import make_session, retry_policy
+from wodrop.upload.uploader import upload_archive
+
+log = get_logger("wodrop.upload")
+_HASH_BLOCK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Digest:
+    size: int
+    md5: str
+    crc32c: str
+
+
+def file_digest(path: Path, stop: threading.Event | None = None) -> Digest | None:
+    """md5 and crc32c (base64, as GCS reports them) in one streaming pass: flat memory.
+    None when ``stop`` is set first (a thread cannot be cancelled, and exit waits for it)."""
+    md5, crc, size = hashlib.md5(), google_crc32c.Checksum(), 0
+    with path.open("rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            if stop is not None and stop.is_set():
+                return None
+            md5.update(block)
+            crc.update(block)
+            size += len(block)
+    b64 = base64.b64encode
+    return Digest(size, b64(md5.digest()).decode("ascii"), b64(crc.digest()).decode("ascii"))
+
+
+class Progress:
+    """A tqdm bar on a terminal; otherwise a log line every ~5 s or 10 % (for journald and CI logs)."""
+
+    def __init__(self, name: str, total: int, initial: int, *, bar: bool) -> None:
+        self.total, self.offset = total, initial
+        self._bar = tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
+                         desc=name, file=sys.stderr, dynamic_ncols=True) if bar else None
+        self._t0 = self._last_t = time.monotonic()
+        self._start, self._last_pct = initial, self._percent(initial)
+
+    def _percent(self, offset: int) -> int:
+        return 100 * offset // self.total if self.total else 100
+
+    def update(self, offset: int) -> None:
+        if self._bar is not None:
+            self._bar.update(offset - self.offset)
+        self.offset = offset
+        now = time.monotonic()
+        pct = self._percent(offset)
+        due = now - self._last_t >= 5 or pct >= self._last_pct + 10 or offset == self.total
+        if self._bar is None and due:
+            rate = (offset - self._start) / max(now - self._t0, 1e-6)
+            eta = (self.total - offset) / rate if rate > 0 else None
+            log.info("upload_progress", offset=offset, total=self.total, percent=pct,
+                     rate=f"{format_size(rate)}/s", eta=format_duration(eta) if eta is not None else None)
+            self._last_t, self._last_pct = now, pct
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@dataclass
+class Job:
+    cfg: Config
+    args: argparse.Namespace
+    archive: Path
+    size: int
+    mtime_ns: int
+    key: str | None
+    db: StateDB
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return retry_policy(self.cfg.upload)
+
+    def on_retry(self, cause: str, delay: float, message: str) -> None:
+        log.warning("upload_retry", cause=cause, delay=round(delay, 2), message=message)
+
+
+def _reusable(row: BatchRow, args: argparse.Namespace) -> bool:
+    """Whether the recorded session is the one this command line asks for."""
+    if row.upload_url is None:
+        return False
+    if args.upload_url:
+        return bool(row.upload_url == args.upload_url)
+    if args.batch_id:
+        return bool(row.remote_batch_id == args.batch_id)
+    return row.remote_batch_id is not None
+
+
+async def _new_session(job: Job, http: aiohttp.ClientSession, row_id: int) -> str:
+    """Open (or look up) the session this command line names; persist it before any byte is sent."""
+    args, cfg = job.args, job.cfg
+    remote: str | None = None
+    if args.upload_url:
+        url = args.upload_url
+    else:
+        assert cfg.api.url is not None and job.key is not None
+        if args.batch_id:
+            data = await api.get_batch(http, cfg.api.url, job.key, args.batch_id, retry=job.retry,
+                                       on_retry=job.on_retry)
+            remote, url = args.batch_id, api.upload_url_of(data)
+        else:
+            remote, url = await api.create_batch(http, cfg.api.url, job.key, job.archive.stem,
+                                                 retry=job.retry, on_retry=job.on_retry)
+        log.info("upload_session_created", batch=remote)
+    job.db.set_session(row_id, remote, url)
+    return url
+
+
+def _expired_message(args: argparse.Namespace) -> str | None:
+    """What to tell the user when a session they named expired (None: we can open a new one)."""
+    if args.upload_url:
+        return "the upload session has expired; ask for a new upload URL"
+    if args.batch_id:
+        return (f"the upload session of batch {args.batch_id} has expired; "
+                "run without --batch-id to create a new batch")
+    return None
+
+
+async def _hash(job: Job, row_id: int, stop: threading.Event) -> Digest | None:
+    digest = await asyncio.to_thread(file_digest, job.archive, stop)
+    if digest is not None:
+        job.db.set_digest(row_id, md5=digest.md5, crc32c=digest.crc32c)
+    return digest
+
+
+async def _transfer(job: Job, http: aiohttp.ClientSession, row: BatchRow) -> ServerCopy:
+    """Resume the recorded session or open one, and upload; an expired session is replaced by a new
+    batch when the API is ours to call (the user named neither a URL nor a batch)."""
+    cfg, db = job.cfg, job.db
+    if _reusable(row, job.args):
+        assert row.upload_url is not None
+        url, known = row.upload_url, row.committed_offset
+        register_secret(url)
+        log.info("upload_resuming", batch=row.remote_batch_id, db_offset=known, total=job.size)
+    else:
+        url, known = await _new_session(job, http, row.id), None
+    limiter = Bandwidth(cfg.upload.max_bandwidth) if cfg.upload.max_bandwidth else None
+    progress = Progress(job.archive.name, job.size, known or 0,
+                        bar=sys.stderr.isatty() and not job.args.no_progress)
+    resuming, sessions = known is not None, 1
+
+    def on_offset(offset: int) -> None:
+        nonlocal resuming
+        if resuming:  # the first offset the server confirms: what the resume really starts from
+            log.info("upload_resumed", offset=offset, total=job.size)
+            resuming = False
+        db.set_offset(row.id, offset)
+        progress.update(offset)
+
+    try:
+        while True:
+            try:
+                return await upload_archive(
+                    http, job.archive, url, size=job.size, chunk_size=cfg.upload.chunk_size, retry=job.retry,
+                    limiter=limiter, known_offset=known, on_offset=on_offset, on_retry=job.on_retry,
+                )
+            except SessionExpired:
+                db.clear_session(row.id, "the upload session expired")
+                message = _expired_message(job.args)
+                if message is not None:
+                    raise SessionExpired(message) from None
+                if cfg.upload.max_retries is not None and sessions > cfg.upload.max_retries:
+                    raise UploadGaveUp(f"upload sessions keep expiring, gave up after {sessions}") from None
+                log.warning("upload_session_expired", action="starting again from byte 0 in a new batch")
+                url, known, resuming = await _new_session(job, http, row.id), None, False
+                sessions += 1
+                progress.update(0)
+    finally:
+        progress.close()
+
+
+def _find_or_create_row(job: Job) -> BatchRow:
+    row = job.db.find_cli_batch(job.archive, job.size, job.mtime_ns)
+    if row is None:
+        name = f"{job.archive.stem}-cli-{uuid.uuid4().hex[:8]}"
+        row = job.db.batch(job.db.create_batch(name, job.archive, origin="cli", state="sealed", size=job.size,
+                                               archive_mtime_ns=job.mtime_ns))
+    return row
+
+
+async def _upload(job: Job) -> int:
+    db = job.db
+    row = _find_or_create_row(job)
+    # Hash while uploading (the check only matters at the end); a resume reuses the cached digest.
+    cached = Digest(job.size, row.md5, row.crc32c) if row.md5 and row.crc32c else None
+    stop = threading.Event()
+    hashing = None if cached else asyncio.create_task(_hash(job, row.id, stop))
+    started = time.monotonic()
+    try:
+        async with make_session(job.cfg.upload) as http:
+            copy = await _transfer(job, http, row)
+        check_server_copy(copy, job.size, cached or (await hashing if hashing else None))
+    except (UploadError, aiohttp.ClientError, OSError) as e:
+        message = str(e) if isinstance(e, UploadError) else redact(f"{type(e).__name__}: {e}")
+        db.record_error(row.id, message)
+        if isinstance(e, UploadRejected):
+            db.finish_batch(row.id, "failed", message)
+        log.error("upload_failed", error=message)
+        print(f"wodrop upload: {message}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        stop.set()
+    db.mark_uploaded(row.id, job.size)
+    db.finish_batch(row.id, "done")
+    remote = db.batch(row.id).remote_batch_id
+    elapsed = time.monotonic() - started
+    log.info("upload_complete", batch=remote, size=job.size, seconds=round(elapsed, 3))
+    print(f"uploaded {job.archive.name} ({format_size(job.size)}) in {format_duration(elapsed)}"
+          + (f" to batch {remote}" if remote else ""))
+    return EXIT_OK
+
+
+def _prepare(args: argparse.Namespace, cfg: Config) -> tuple[Path, int, int, str | None]:
+    """Check the command line against the config before any network or DB work (usage errors: exit 2)."""
+    archive = Path(args.archive).resolve()
+    try:
+        st = archive.stat()
+    except FileNotFoundError:
+        raise UsageError(f"{args.archive}: no such file") from None
+    except OSError as e:
+        raise UsageError(f"{args.archive}: cannot read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{args.archive}: not a regular file")
+    if args.upload_url:
+        register_secret(args.upload_url)
+        if not args.upload_url.startswith(("https://", "http://")):
+            raise UsageError("--upload-url: expected an http(s) URL")
+        return archive, st.st_size, st.st_mtime_ns, None
+    if cfg.api.url is None:
+        raise UsageError("set api.url or pass --upload-url")
+    try:
+        key = resolve_api_key(cfg)
+    except SecretError as e:
+        raise UsageError(str(e)) from None
+    if not key:
+        raise UsageError("no API key: set CUSTOMER_API_KEY (or DEEPOMATIC_API_KEY, or api.api_key_file)")
+    return archive, st.st_size, st.st_mtime_ns, key
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_cli_config(args)
+    setup_logging(cfg.log.level, cfg.log.format)
+    archive, size, mtime_ns, key = _prepare(args, cfg)
+    with StateDB(cfg.paths.db) as db:
+        return asyncio.run(_upload(Job(cfg, args, archive, size, mtime_ns, key, db)))

@@ -1,0 +1,255 @@
+"""Configuration: YAML file + ``WODROP__SECTION__KEY`` environment overrides -> a validated model.
+
+Errors name the field and what was expected (``batch.max_bytes: expected a size like 512MiB``) so an
+operator can fix the file without reading code. Secrets never live in the YAML: the API key comes from
+the environment, a key file or a systemd credential (see ``wodrop.secrets``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from wodrop.units import parse_duration, parse_size
+
+CONFIG_ENV = "WODROP_CONFIG"
+ENV_PREFIX = "WODROP__"
+DEFAULT_DATA_DIR = Path("wodrop-data")
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class ConfigError(Exception):
+    """A config problem to show an operator as is (exit code 2)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(_Section):
+    """Where folders live. inbox/processing/done/failed must share one filesystem (renames)."""
+
+    inbox: Path = DEFAULT_DATA_DIR / "inbox"
+    processing: Path = DEFAULT_DATA_DIR / "processing"
+    done: Path = DEFAULT_DATA_DIR / "done"
+    failed: Path = DEFAULT_DATA_DIR / "failed"
+    state: Path = DEFAULT_DATA_DIR / "state"
+
+    @property
+    def db(self) -> Path:
+        return self.state / "wodrop.sqlite3"
+
+    @property
+    def spool(self) -> Path:
+        return self.state / "spool"
+
+
+class WatchConfig(_Section):
+    mode: Literal["auto", "events", "polling"] = "auto"
+    settle: Duration = 5.0
+    ready_marker: str | None = None
+    poll_interval: Duration = 1.0
+    rescan_interval: Duration = 30.0
+    extra_temp_patterns: list[str] = Field(default_factory=list)
+
+    @field_validator("ready_marker")
+    @classmethod
+    def _marker_is_a_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "/" in v or v in (".", "..")):
+            raise ValueError("expected a plain file name like .ready")
+        return v or None
+
+
+class FormatConfig(_Section):
+    work_order_id_pattern: str = r"^[A-Za-z0-9_-]{1,128}$"
+    task_groups: list[str] = Field(default_factory=list)
+    image_check: Literal["markers", "decode"] = "markers"
+    require_metadata: bool = False
+    require_parameters: bool = False
+    required_metadata_keys: list[str] = Field(default_factory=list)
+    required_parameter_keys: list[str] = Field(default_factory=list)
+    on_duplicate: Literal["reject", "allow"] = "reject"
+
+    @field_validator("work_order_id_pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"expected a regular expression ({e})") from None
+        return v
+
+
+class BatchConfig(_Section):
+    max_bytes: Size = 512 * 1024**2
+    max_work_orders: int = Field(default=1000, ge=1)
+    max_age: Duration = 10.0
+    max_sealed: int = Field(default=4, ge=1, description="sealed batches waiting in the spool")
+    min_free_space: Size = 1024**3
+
+
+class UploadConfig(_Section):
+    concurrency: int = Field(default=2, ge=1, le=64)
+    chunk_size: Size = 8 * 1024**2
+    max_bandwidth: Size | None = None
+    connect_timeout: Duration = 30.0
+    read_timeout: Duration = 300.0
+    retry_initial_delay: Duration = 1.0
+    retry_max_delay: Duration = 60.0
+    max_retries: int = Field(default=10, ge=0, description="consecutive failures before `upload` gives up")
+    ca_bundle: Path | None = None
+
+    @field_validator("chunk_size")
+    @classmethod
+    def _chunk_multiple(cls, v: int) -> int:
+        if v <= 0 or v % 262144:
+            raise ValueError("expected a multiple of 256KiB (262144 bytes), like 8MiB")
+        return v
+
+    @field_validator("max_bandwidth")
+    @classmethod
+    def _positive_bandwidth(cls, v: int | None) -> int | None:
+        return v or None
+
+
+class ApiConfig(_Section):
+    url: str | None = None
+    api_key_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("expected a URL like https://api.<site-id>.customers.deepomatic.com")
+        return v.rstrip("/")
+
+
+class StatusConfig(_Section):
+    listen: str | None = "127.0.0.1:9410"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is None or v == "" or v.lower() in ("off", "none", "false"):
+            return None
+        _host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("expected HOST:PORT like 127.0.0.1:9410, or off")
+        return v
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Section):
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+    format: FormatConfig = Field(default_factory=FormatConfig)
+    batch: BatchConfig = Field(default_factory=BatchConfig)
+    upload: UploadConfig = Field(default_factory=UploadConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    #: the file this came from, for messages and SIGHUP reloads (not a config key)
+    source: Path | None = Field(default=None, exclude=True)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key (check the spelling against config/example.yaml)"
+    msg = str(err["msg"])
+    msg = msg.removeprefix("Value error, ")
+    if kind == "literal_error" or kind.endswith("_type") or kind.endswith("_parsing"):
+        msg = msg.replace("Input should be", "expected")
+    return f"{loc}: {msg}"
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """``WODROP__UPLOAD__CONCURRENCY=4`` -> ``{"upload": {"concurrency": 4}}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if len(parts) < 2:
+            raise ConfigError(f"{name}: expected WODROP__SECTION__KEY, like WODROP__UPLOAD__CONCURRENCY")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def config_path_from(cli_value: str | None, environ: dict[str, str] | None = None) -> Path | None:
+    environ = dict(os.environ) if environ is None else environ
+    raw = cli_value or environ.get(CONFIG_ENV)
+    return Path(raw) if raw else None
+
+
+def load_config(path: Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read, merge env overrides, validate. Raises ConfigError with one line per problem."""
+    environ = dict(os.environ) if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: config file is not UTF-8 text") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or "invalid YAML"
+            raise ConfigError(f"{path}:{where}: {problem}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (paths:, watch:, ...) at the top")
+        data = loaded
+    data = _merge(data, _env_overrides(environ))
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        where = f"{path}: " if path else ""
+        lines = [_describe(dict(err)) for err in e.errors()]
+        raise ConfigError(where + "invalid configuration\n  " + "\n  ".join(lines)) from None
+    if path is not None:
+        base = path.parent
+        paths = cfg.paths.model_copy(
+            update={k: base / v for k, v in cfg.paths.model_dump().items() if not Path(v).is_absolute()}
+        )
+        cfg = cfg.model_copy(update={"paths": paths, "source": path})
+    return cfg

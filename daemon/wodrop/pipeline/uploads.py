@@ -1,0 +1,195 @@
+"""Upload: ``upload.concurrency`` workers take sealed batches and push them with resumable uploads.
+
+Order per batch: create the remote batch -> DB ``set_session`` (batch id + upload URL persisted before
+the first PUT) -> PUT chunks, DB ``set_offset`` after every confirmed chunk -> DB ``mark_uploaded`` ->
+finish (moves). On restart a batch in ``uploading`` resumes from the server's offset (status query);
+one in ``uploaded`` only has its moves completed, so nothing is uploaded twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from wodrop import metrics
+from wodrop.logs import get_logger
+from wodrop.pipeline.batcher import SpoolSlots
+from wodrop.pipeline.finish import Finisher
+from wodrop.pipeline.guard import survive
+from wodrop.redact import register_secret
+from wodrop.runtime import Runtime, UploadProgress
+from wodrop.state import BatchRow
+from wodrop.units import format_duration, format_size
+from wodrop.upload.api import check_key, create_batch
+from wodrop.upload.bandwidth import Bandwidth
+from wodrop.upload.protocol import (
+    ArchiveChanged,
+    AuthRefused,
+    RetryPolicy,
+    SessionExpired,
+    UploadError,
+    UploadGaveUp,
+    UploadRejected,
+)
+from wodrop.upload.transport import OnRetry, retry_policy
+from wodrop.upload.uploader import upload_archive
+
+log = get_logger("wodrop.upload")
+AUTH_RETRY_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class _Digest:
+    size: int
+    md5: str | None
+    crc32c: str | None
+
+
+class Uploads:
+    """The upload stage: workers, shared bandwidth, and the pause while the API key is refused."""
+
+    def __init__(self, runtime: Runtime, finisher: Finisher, slots: SpoolSlots, http: aiohttp.ClientSession,
+                 api_url: str, api_key: str, repack: asyncio.Queue[int]) -> None:
+        self.rt, self.db, self.finisher, self.slots = runtime, runtime.db, finisher, slots
+        self.http, self.api_url, self.api_key = http, api_url, api_key
+        #: the validation queue: work orders of an archive that went bad in the spool start over there
+        self.repack = repack
+        bw = runtime.cfg.upload.max_bandwidth
+        self.limiter = Bandwidth(bw) if bw else None
+        self._auth_ok = asyncio.Event()
+        self._auth_ok.set()
+
+    def _policy(self) -> RetryPolicy:
+        return retry_policy(self.rt.cfg.upload, forever=True)
+
+    def _on_retry(self, row: BatchRow) -> OnRetry:
+        def on_retry(cause: str, delay: float, message: str) -> None:
+            metrics.RETRIES.labels(cause=cause).inc()
+            self.db.record_error(row.id, message)
+            log.warning("upload_retry", batch=row.name, cause=cause, retry_in=round(delay, 2), error=message)
+        return on_retry
+
+    async def check_key(self) -> None:
+        """At start-up: tell readiness whether the platform accepts the key, before any batch is due."""
+        while True:
+            try:
+                await check_key(self.http, self.api_url, self.api_key, retry=self._policy())
+            except AuthRefused as e:
+                await self._auth_refused(e)
+                continue
+            except UploadError as e:  # an API without a batch list: the first upload will tell
+                log.info("api_key_check_skipped", reason=e.reason)
+                return
+            self._auth_accepted()
+            return
+
+    async def worker(self, queue: asyncio.Queue[int]) -> None:
+        while True:
+            batch_id = await queue.get()
+            if not await survive("upload", str(batch_id), self.upload_batch(batch_id)):
+                queue.put_nowait(batch_id)
+
+    async def _auth_refused(self, err: AuthRefused) -> None:
+        """Don't fail work orders for a bad key: report it loudly, pause every worker, retry slowly."""
+        if self._auth_ok.is_set():
+            log.error("api_key_refused", error=str(err), retry_in=AUTH_RETRY_SECONDS,
+                      hint="check CUSTOMER_API_KEY / api.api_key_file; uploads are paused, nothing is lost")
+        self._auth_ok.clear()
+        self.rt.auth_error = f"the platform refused the API key ({err})"
+        metrics.API_KEY_OK.set(0)
+        metrics.RETRIES.labels(cause="auth").inc()
+        await asyncio.sleep(AUTH_RETRY_SECONDS)
+        self._auth_ok.set()  # let one attempt through; it clears again if still refused
+
+    def _auth_accepted(self) -> None:
+        if self.rt.auth_error is not None:
+            log.info("api_key_accepted")
+        self.rt.auth_error, self.rt.api_key_accepted = None, True
+        metrics.API_KEY_OK.set(1)
+
+    async def _open_session(self, row: BatchRow) -> BatchRow:
+        await self._auth_ok.wait()
+        remote_id, url = await create_batch(self.http, self.api_url, self.api_key, row.name,
+                                            retry=self._policy(), on_retry=self._on_retry(row))
+        register_secret(url)
+        self._auth_accepted()
+        self.db.set_session(row.id, remote_id, url)
+        log.info("upload_session_created", batch=row.name, remote_batch_id=remote_id)
+        return self.db.batch(row.id)
+
+    async def _archive_lost(self, row: BatchRow, why: str) -> None:
+        """The sealed archive vanished or changed in the spool (our own file, but a disk or a person
+        can still damage it): never upload it; pack its work orders again from processing/."""
+        log.error("batch_archive_lost", batch=row.name, error=why, action="packing its work orders again")
+        self.db.finish_batch(row.id, "discarded", error=why)
+        await asyncio.to_thread(Path(row.archive_path).unlink, missing_ok=True)
+        for wo_id in self.db.unassign_batch(row.id):
+            await self.repack.put(wo_id)
+
+    async def upload_batch(self, batch_id: int) -> None:
+        row = self.db.batch(batch_id)
+        assert row.size is not None
+        progress = UploadProgress(batch_id, row.name, row.size, row.committed_offset)
+        self.rt.uploads[batch_id] = progress
+        started = time.monotonic()
+        try:
+            while True:
+                row = self.db.batch(batch_id)
+                try:
+                    if row.upload_url is None:
+                        row = await self._open_session(row)
+                    assert row.upload_url is not None and row.size is not None
+                    log.info("upload_started", batch=row.name, size=row.size, offset=row.committed_offset,
+                             resumed=row.committed_offset > 0)
+
+                    def on_offset(offset: int) -> None:
+                        metrics.BYTES_UPLOADED.inc(max(0, offset - progress.sent))
+                        self.db.set_offset(batch_id, offset)
+                        progress.update(offset)
+
+                    await upload_archive(
+                        self.http, Path(row.archive_path), row.upload_url, size=row.size,
+                        chunk_size=self.rt.cfg.upload.chunk_size, retry=self._policy(), limiter=self.limiter,
+                        known_offset=row.committed_offset or None,
+                        expected=_Digest(row.size, row.md5, row.crc32c),
+                        on_offset=on_offset, on_retry=self._on_retry(row),
+                    )
+                except SessionExpired as e:
+                    metrics.RETRIES.labels(cause="session_expired").inc()
+                    log.warning("upload_session_expired", batch=row.name, error=str(e),
+                                action="creating a new session, starting from byte 0")
+                    self.db.clear_session(batch_id, str(e))
+                    progress.update(0)
+                    continue
+                except AuthRefused as e:
+                    await self._auth_refused(e)
+                    continue
+                except (ArchiveChanged, FileNotFoundError) as e:
+                    await self._archive_lost(row, str(e))
+                    break
+                except UploadRejected as e:
+                    log.error("batch_rejected", batch=row.name, reason=e.reason)
+                    self.db.record_error(batch_id, e.reason)
+                    await self.finisher.finish_batch(batch_id, ok=False, reason=e.reason)
+                    break
+                except (UploadGaveUp, UploadError) as e:  # not raised with max_retries=None; be safe
+                    log.error("upload_failed", batch=row.name, error=str(e), retry_in=AUTH_RETRY_SECONDS)
+                    self.db.record_error(batch_id, str(e))
+                    await asyncio.sleep(AUTH_RETRY_SECONDS)
+                    continue
+                self.db.mark_uploaded(batch_id, row.size)
+                elapsed = time.monotonic() - started
+                metrics.UPLOAD_DURATION.observe(elapsed)
+                metrics.LAST_UPLOAD.set(time.time())
+                log.info("batch_uploaded", batch=row.name, size=row.size, size_human=format_size(row.size),
+                         duration=format_duration(elapsed),
+                         rate=f"{format_size(row.size / elapsed if elapsed > 0 else 0)}/s")
+                await self.finisher.finish_batch(batch_id, ok=True)
+                break
+        finally:
+            self.rt.uploads.pop(batch_id, None)
+        await self.slots.release()

@@ -1,0 +1,96 @@
+"""The thin aiohttp layer under the protocol: one client session per process, PUTs, failure mapping.
+
+Why these settings: keep-alive saves a TLS handshake per chunk; ``allow_redirects=False`` because a
+308 here means "resume incomplete", not "go elsewhere"; ``trust_env`` so site proxies
+(``HTTPS_PROXY``) work; TLS is always verified, against ``upload.ca_bundle`` when a site re-signs TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import ssl
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import aiohttp
+from yarl import URL
+
+from wodrop import __version__
+from wodrop.config import UploadConfig
+from wodrop.redact import redact
+from wodrop.upload.bandwidth import Bandwidth
+from wodrop.upload.protocol import Retry, RetryPolicy, RetryState
+
+#: bytes per bandwidth-token acquisition: small enough for a smooth rate, big enough to be cheap
+PIECE = 64 * 1024
+
+OnRetry = Callable[[str, float, str], None]
+
+
+def retry_policy(cfg: UploadConfig, *, forever: bool = False) -> RetryPolicy:
+    """The ``upload.retry_*`` keys as a policy; the daemon retries ``forever``, ``wodrop upload`` not."""
+    return RetryPolicy(cfg.retry_initial_delay, cfg.retry_max_delay, None if forever else cfg.max_retries)
+
+
+def make_session(cfg: UploadConfig) -> aiohttp.ClientSession:
+    """The process's HTTP client; must be created inside the running event loop and closed by it."""
+    ctx = ssl.create_default_context(cafile=str(cfg.ca_bundle) if cfg.ca_bundle else None)
+    timeout = aiohttp.ClientTimeout(total=None, connect=cfg.connect_timeout, sock_read=cfg.read_timeout)
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ctx),
+        timeout=timeout,
+        trust_env=True,
+        auto_decompress=False,
+        headers={"User-Agent": f"wodrop/{__version__}"},
+    )
+
+
+async def _paced(body: bytes, limiter: Bandwidth) -> AsyncIterator[bytes]:
+    view = memoryview(body)
+    for i in range(0, len(body), PIECE):
+        piece = view[i : i + PIECE]
+        await limiter.acquire(len(piece))
+        yield bytes(piece)
+
+
+async def put(http: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str],
+              limiter: Bandwidth | None = None) -> tuple[int, Mapping[str, str], bytes]:
+    """One PUT with a complete body (so a retry can resend it): (status, headers, response body)."""
+    data: bytes | AsyncIterator[bytes] = _paced(body, limiter) if limiter and body else body
+    sent = {**headers, "Content-Length": str(len(body))}
+    async with http.put(url, data=data, headers=sent, allow_redirects=False) as resp:
+        return resp.status, resp.headers, await resp.read()
+
+
+def _host(url: str) -> str:
+    try:
+        u = URL(url)
+    except (ValueError, TypeError):
+        return "the server"
+    if u.port is None or u.is_default_port():
+        return u.host or "the server"
+    return f"{u.host}:{u.port}"
+
+
+def classify_exception(exc: BaseException, url: str) -> Retry | None:
+    """A network failure worth retrying -> :class:`Retry`; anything else -> None (let it raise)."""
+    host = _host(url)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        err = exc.os_error
+        # strerror of a refused connect is "Connect call failed (...)"; errno says it better
+        why = os.strerror(err.errno) if err.errno and err.errno > 0 else err.strerror
+        return Retry("connection", f"cannot reach {host}: {(why or type(err).__name__).lower()}")
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return Retry("timeout", f"{host} did not answer in time")
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | ConnectionError):
+        return Retry("connection", f"the connection to {host} dropped ({type(exc).__name__})")
+    return None
+
+
+async def pause(state: RetryState, retry: Retry, on_retry: OnRetry | None) -> None:
+    """Count a failure (raising UploadGaveUp past the limit), tell the caller, sleep the backoff."""
+    delay = state.failed(retry, random.random())
+    if on_retry is not None:
+        on_retry(retry.cause, delay, redact(retry.message))
+    await asyncio.sleep(delay)
