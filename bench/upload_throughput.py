@@ -30,7 +30,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from helpers.files import free_port, sha256_file  # noqa: E402
-
 from wodrop.units import format_size, parse_size  # noqa: E402
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from helpers.workorders import make_work_order
-
 from wodrop.cli import main
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import BaseModel
-
 from wodrop.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,7 +9,6 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from wodrop.workorder.names import ImageName, is_junk, is_temp, parse_image_name, processing_order
 
 EXTS = st.sampled_from(["jpg", "JPG", "Jpg", "jpeg", "JPEG", "jPeG", "png", "PNG", "pNg"])

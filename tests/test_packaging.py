@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from wodrop.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent

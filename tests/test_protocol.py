@@ -12,7 +12,6 @@ import google_crc32c
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from wodrop.upload.protocol import (
     CHUNK_ALIGN,
     AuthRefused,

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import requests
 from helpers.receiver import ReceiverThread
-
 from wodrop.receiver import FaultPlan, FaultSpecError, parse_faults
 
 ALIGN = 262144

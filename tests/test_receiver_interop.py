@@ -18,7 +18,6 @@ import pytest
 import requests
 from google.resumable_media import requests as grm
 from helpers.receiver import ReceiverThread
-
 from wodrop.cli import main
 from wodrop.receiver import start_receiver
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from helpers.statusdb import write_config
-
 from wodrop.cli import main
 from wodrop.config import Config, load_config
 from wodrop.fsops import failure_report

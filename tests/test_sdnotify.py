@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from helpers.statusdb import populate
-
 from wodrop.sdnotify import Notifier, watchdog_loop
 
 

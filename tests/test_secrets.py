@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import structlog
-
 from wodrop import redact
 from wodrop.config import load_config
 from wodrop.logs import get_logger, setup_logging

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from wodrop.pipeline.settle import FolderSnapshot, Settler
 from wodrop.pipeline.watch import choose_polling, filesystem_type, is_network_fs
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from helpers.statusdb import StatusFixture, populate
-
 from wodrop.status import collect_status, summary_line
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from helpers.statusdb import API_KEY, UPLOAD_URL, populate
 from PIL import Image
-
 from wodrop.status.server import start_status_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

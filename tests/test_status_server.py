@@ -12,7 +12,6 @@ import aiohttp
 import pytest
 from helpers.statusdb import API_KEY, UPLOAD_URL, StatusFixture, populate
 from prometheus_client.parser import text_string_to_metric_families
-
 from wodrop.status.server import parse_listen, start_status_server
 
 SECRETS = (API_KEY, UPLOAD_URL, "SECRET-UPLOAD-ID")

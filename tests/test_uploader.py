@@ -13,7 +13,6 @@ import aiohttp
 import pytest
 from helpers.files import sha256_file
 from helpers.receiver import ReceiverThread
-
 from wodrop.config import UploadConfig
 from wodrop.upload import api
 from wodrop.upload.bandwidth import Bandwidth

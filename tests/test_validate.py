@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from helpers.workorders import image_bytes, jpeg_bytes, make_work_order, png_bytes
 from PIL import Image
-
 from wodrop.config import FormatConfig
 from wodrop.workorder import WorkOrderReport, find_work_orders, validate_work_order
 
