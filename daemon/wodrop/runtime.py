@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from wodrop.config import Config
 from wodrop.state import StateDB
+from wodrop.waiting import WaitingFolder
 
 
 @dataclass
@@ -46,6 +47,8 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     #: inbox folder name -> monotonic time first seen (not yet claimed)
     pending: dict[str, float] = field(default_factory=dict)
+    #: inbox folder name -> why it is not claimed yet (``/api/status`` ``inbox.waiting``)
+    waiting: dict[str, WaitingFolder] = field(default_factory=dict)
     uploads: dict[int, UploadProgress] = field(default_factory=dict)
     #: set when the platform refused the API key (401/403); uploads are paused meanwhile
     auth_error: str | None = None
