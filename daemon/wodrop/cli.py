@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-id", metavar="ID", help="an existing platform batch (upload URL looked up)")
     g.add_argument("--upload-url", metavar="URL", help="a resumable upload URL (no API call is made)")
     sp.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    sp.add_argument("--again", action="store_true",
+                    help="upload it even though this very file was uploaded before (refused otherwise)")
 
     sp = command("status", "batches, progress and recent failures, from the state DB")
     sp.add_argument("--json", action="store_true", help="machine-readable output")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import json
 import os
 import time
@@ -51,17 +52,39 @@ def utc_stamp(now: float | None = None) -> str:
     return datetime.fromtimestamp(time.time() if now is None else now, UTC).strftime("%Y%m%dT%H%M%S")
 
 
-def free_names(dest_dir: Path, name: str, suffixes: Sequence[str] = ("",)) -> Iterable[str]:
-    """Candidate names: ``name``, ``name.<stamp>``, ``name.<stamp>-2``, ... The ``suffixes`` (e.g.
-    ``".error.json"``) must all be free for a candidate, so a folder and its report share one name."""
-    def free(candidate: str) -> bool:
-        return not any(os.path.lexists(dest_dir / f"{candidate}{s}") for s in suffixes)
+NAME_MAX = 255  # bytes in one path component (Linux, and what SMB/NFS shares accept)
 
-    if free(name):
-        yield name
-    stamp = f"{name}.{utc_stamp()}"
-    for n in range(1, 10_000):
-        candidate = stamp if n == 1 else f"{stamp}-{n}"
+
+def fit_name(base: str, tail: str = "") -> str:
+    """``base + tail``, with ``base`` shortened when the whole would not fit in one path component:
+    ``<start of base>~<8 hex of its sha1><tail>``, so a 255-byte folder name still gets its
+    ``.error.json`` report and its ``.<stamp>`` suffix (and distinct bases stay distinct)."""
+    name = base + tail
+    if len(os.fsencode(name)) <= NAME_MAX:
+        return name
+    mark = "~" + hashlib.sha1(os.fsencode(base), usedforsecurity=False).hexdigest()[:8]
+    room = NAME_MAX - len(os.fsencode(mark + tail))
+    return os.fsencode(base)[:room].decode("utf-8", "ignore") + mark + tail
+
+
+REPORT_SUFFIX = ".error.json"
+
+
+def report_path(folder: Path) -> Path:
+    """Where a failed folder's report lives: ``failed/<WO>.error.json`` (fitted to NAME_MAX)."""
+    return folder.parent / fit_name(folder.name, REPORT_SUFFIX)
+
+
+def free_names(dest_dir: Path, name: str, suffixes: Sequence[str] = ("",)) -> Iterable[str]:
+    """Candidate names: ``name``, ``name.<stamp>``, ``name.<stamp>-2``, ... (each fitted to NAME_MAX).
+    ``fit_name(candidate, suffix)`` must be free for every suffix (e.g. ``".error.json"``), so a
+    folder and its report share one name."""
+    def free(candidate: str) -> bool:
+        return not any(os.path.lexists(dest_dir / fit_name(candidate, s)) for s in suffixes)
+
+    stamp = f".{utc_stamp()}"
+    for n in range(10_000):
+        candidate = fit_name(name, "" if n == 0 else stamp if n == 1 else f"{stamp}-{n}")
         if free(candidate):
             yield candidate
     raise FileExistsError(errno.EEXIST, f"no free name for {name} in {dest_dir}")

@@ -50,6 +50,8 @@ class Runtime:
     #: inbox folder name -> why it is not claimed yet (``/api/status`` ``inbox.waiting``)
     waiting: dict[str, WaitingFolder] = field(default_factory=dict)
     uploads: dict[int, UploadProgress] = field(default_factory=dict)
+    #: items that failed and wait for a retry ("work order WO_1" -> reason): shown by /readyz and status
+    stuck: dict[str, str] = field(default_factory=dict)
     #: set when the platform refused the API key (401/403); uploads are paused meanwhile
     auth_error: str | None = None
     #: True once the platform accepted the key at least once (or no key is needed)

@@ -13,24 +13,27 @@ while the daemon writes (WAL readers never block the writer).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-SCHEMA_VERSION = 1
+from wodrop.lifecycle import (
+    SENT_WORK_ORDER_STATES,
+    BatchState,
+    IllegalTransition,
+    Origin,
+    WorkOrderState,
+    batch_sources,
+    work_order_sources,
+)
 
-# Batch states, in life order. ``open``: archive being written; ``sealed``: complete, no session yet;
-# ``uploading``: remote session persisted; ``uploaded``: server confirmed every byte, folder moves
-# pending; ``done``/``failed``: final; ``discarded``: an open archive dropped at recovery (rebuilt).
-BATCH_STATES = ("open", "sealed", "uploading", "uploaded", "done", "failed", "discarded")
-ACTIVE_BATCH_STATES = ("open", "sealed", "uploading", "uploaded")
-# Work-order states: ``claimed`` (in processing/, not yet in an archive), ``batched`` (in an archive),
-# ``done``, ``failed``, ``retried`` (sent back to the inbox by ``wodrop retry``).
-WORK_ORDER_STATES = ("claimed", "batched", "done", "failed", "retried")
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -79,6 +82,10 @@ _MIGRATIONS: dict[int, str] = {
     CREATE INDEX work_orders_state ON work_orders(state);
     CREATE INDEX work_orders_batch ON work_orders(batch_id);
     CREATE INDEX work_orders_name ON work_orders(name);
+    """,
+    2: """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE INDEX batches_origin ON batches(origin, state);
     """,
 }
 
@@ -141,7 +148,22 @@ def _rows(cls: type[_Row], cur: sqlite3.Cursor) -> list[_Row]:
 
 
 class StateError(Exception):
-    """The DB cannot be opened or is from a newer wodrop."""
+    """The DB cannot be opened, is damaged, read-only, or from a newer wodrop (message for a person)."""
+
+
+def _placeholders(values: Iterable[object]) -> tuple[str, list[object]]:
+    vals = list(values)
+    return ",".join("?" * len(vals)), vals
+
+
+def _create_private(path: Path) -> None:
+    """The DB holds upload URLs (bearer capabilities): create it 0600 whatever the umask (SQLite gives
+    its -wal and -shm files the same mode)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 class StateDB:
@@ -149,6 +171,8 @@ class StateDB:
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        #: True when this open created the DB file (recovery warns when it finds work to adopt)
+        self.created = False
         if readonly:
             if not path.exists():
                 raise StateError(f"{path}: no state DB yet (has the daemon or an upload run here?)")
@@ -156,6 +180,11 @@ class StateDB:
             self._db = sqlite3.connect(uri, uri=True, timeout=10, isolation_level=None)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self.created = not path.exists()
+            try:
+                _create_private(path)
+            except OSError as e:
+                raise StateError(f"{path}: cannot create the state DB ({e.strerror})") from None
             self._db = sqlite3.connect(path, timeout=10, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         try:
@@ -173,6 +202,27 @@ class StateDB:
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise StateError(f"{path}: cannot use state DB ({e})") from None
+
+    def check(self) -> None:
+        """Start-up check: the DB is intact (``PRAGMA quick_check``) and writable. Raises StateError
+        with what to do, so the daemon refuses to start rather than crash later with folders half-moved."""
+        hint = (f"stop wodrop, move {self.path.name} (and its -wal/-shm files) aside, and start again: "
+                "wodrop rebuilds its state from processing/, and the delivered-ids ledger under done/ "
+                "keeps it from uploading anything twice")
+        try:
+            problems = [r[0] for r in self._db.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as e:
+            raise StateError(f"{self.path}: the state DB is damaged ({e}); {hint}") from None
+        if problems != ["ok"]:
+            raise StateError(f"{self.path}: the state DB is damaged ({'; '.join(problems)}); {hint}")
+        try:
+            with self.transaction() as db:
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('checked_at', ?)",
+                           (str(time.time()),))
+        except sqlite3.DatabaseError as e:
+            raise StateError(f"{self.path}: the state DB is not writable ({e}); check the file's owner "
+                             "and mode, and that its folder is writable (SQLite writes -wal/-shm files next "
+                             "to it)") from None
 
     def close(self) -> None:
         self._db.close()
@@ -219,27 +269,71 @@ class StateDB:
         except sqlite3.Error:
             return False
 
+    def instance_id(self) -> str:
+        """This state folder's instance name (its ledger file under done/ is named after it)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+        if row is not None:
+            return str(row[0])
+        with self.transaction(durable=True) as db:
+            db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('instance', ?)",
+                       (uuid.uuid4().hex[:12],))
+        return str(self._db.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()[0])
+
+    # ---- the one place states change --------------------------------------------------------------
+
+    @staticmethod
+    def _move(db: sqlite3.Connection, table: str, row_id: int, to: BatchState | WorkOrderState,
+              sources: frozenset[Any], values: dict[str, Any]) -> None:
+        """``UPDATE table SET state = to, ... WHERE id = ? AND state IN (sources)``; raises
+        IllegalTransition when the row is not in an allowed from-state."""
+        values = {"state": str(to), **values, "updated_at": time.time()}
+        cols = ", ".join(f"{k} = ?" for k in values)
+        marks, src = _placeholders(str(s) for s in sorted(sources))
+        cur = db.execute(f"UPDATE {table} SET {cols} WHERE id = ? AND state IN ({marks})",
+                         (*values.values(), row_id, *src))
+        if cur.rowcount != 1:
+            now = db.execute(f"SELECT state FROM {table} WHERE id = ?", (row_id,)).fetchone()
+            what = "no such row" if now is None else f"it is {now[0]}"
+            allowed = ", ".join(sorted(str(s) for s in sources))
+            raise IllegalTransition(f"{table} {row_id}: cannot move to {to} ({what}; allowed from {allowed})")
+
+    def _batch_to(self, batch_id: int, to: BatchState, *, durable: bool = False, **values: Any) -> None:
+        with self.transaction(durable=durable) as db:
+            self._move(db, "batches", batch_id, to, batch_sources(to), values)
+
+    def _work_order_to(self, wo_id: int, to: WorkOrderState, **values: Any) -> None:
+        with self.transaction() as db:
+            self._move(db, "work_orders", wo_id, to, work_order_sources(to), values)
+
     # ---- batches -------------------------------------------------------------------------------
 
     def create_batch(
-        self, name: str, archive_path: Path, *, origin: str = "daemon", state: str = "open",
-        size: int | None = None, archive_mtime_ns: int | None = None,
+        self, name: str, archive_path: Path, *, origin: Origin = Origin.DAEMON,
+        state: BatchState = BatchState.OPEN, size: int | None = None, archive_mtime_ns: int | None = None,
     ) -> int:
+        if state not in (BatchState.OPEN, BatchState.SEALED):
+            raise IllegalTransition(f"a batch starts open or sealed, not {state}")
         now = time.time()
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO batches(name, origin, state, archive_path, archive_mtime_ns, size,"
                 " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?)",
-                (name, origin, state, str(archive_path), archive_mtime_ns, size, now, now),
+                (name, str(origin), str(state), str(archive_path), archive_mtime_ns, size, now, now),
             )
             assert cur.lastrowid is not None
             return cur.lastrowid
 
-    def _update_batch(self, batch_id: int, *, durable: bool = False, **values: Any) -> None:
+    def _set_batch(self, batch_id: int, where: tuple[BatchState, ...], **values: Any) -> None:
+        """Update a batch's fields (no state change) while it is in one of the ``where`` states."""
         values["updated_at"] = time.time()
         cols = ", ".join(f"{k} = ?" for k in values)
-        with self.transaction(durable=durable) as db:
-            db.execute(f"UPDATE batches SET {cols} WHERE id = ?", (*values.values(), batch_id))
+        marks, states = _placeholders(str(s) for s in where)
+        with self.transaction() as db:
+            cur = db.execute(f"UPDATE batches SET {cols} WHERE id = ? AND state IN ({marks})",
+                             (*values.values(), batch_id, *states))
+            if cur.rowcount != 1:
+                now = "/".join(str(s) for s in where)
+                raise IllegalTransition(f"batches {batch_id}: not {now}; {', '.join(values)} not set")
 
     def batch(self, batch_id: int) -> BatchRow:
         rows = _rows(BatchRow, self._db.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)))
@@ -247,25 +341,34 @@ class StateDB:
             raise KeyError(batch_id)
         return rows[0]
 
-    def batches(self, states: Iterable[str] | None = None, *, limit: int | None = None) -> list[BatchRow]:
-        sql, args = "SELECT * FROM batches", list[str]()
+    def batches(self, states: Iterable[BatchState] | None = None, *, origin: Origin | None = None,
+                limit: int | None = None) -> list[BatchRow]:
+        """Batches in ``states`` (all when None), of one ``origin`` (all when None)."""
+        sql, args, where = "SELECT * FROM batches", list[object](), list[str]()
         if states is not None:
-            st = list(states)
-            sql += f" WHERE state IN ({','.join('?' * len(st))})"
-            args.extend(st)
+            marks, vals = _placeholders(str(s) for s in states)
+            where.append(f"state IN ({marks})")
+            args.extend(vals)
+        if origin is not None:
+            where.append("origin = ?")
+            args.append(str(origin))
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC" if limit else " ORDER BY id"
         if limit:
             sql += f" LIMIT {int(limit)}"
         return _rows(BatchRow, self._db.execute(sql, args))
 
-    def find_cli_batch(self, archive_path: Path, size: int, mtime_ns: int) -> BatchRow | None:
-        """The unfinished one-shot upload of this very file (same path, size and mtime), if any."""
+    def find_cli_batch(self, archive_path: Path, size: int, mtime_ns: int,
+                       states: Iterable[BatchState]) -> BatchRow | None:
+        """The newest one-shot upload of this very file (same path, size and mtime) in ``states``."""
+        marks, vals = _placeholders(str(s) for s in states)
         rows = _rows(
             BatchRow,
             self._db.execute(
-                "SELECT * FROM batches WHERE origin = 'cli' AND archive_path = ? AND size = ?"
-                " AND archive_mtime_ns = ? AND state IN ('sealed', 'uploading') ORDER BY id DESC LIMIT 1",
-                (str(archive_path), size, mtime_ns),
+                f"SELECT * FROM batches WHERE origin = ? AND archive_path = ? AND size = ?"
+                f" AND archive_mtime_ns = ? AND state IN ({marks}) ORDER BY id DESC LIMIT 1",
+                (str(Origin.CLI), str(archive_path), size, mtime_ns, *vals),
             ),
         )
         return rows[0] if rows else None
@@ -274,34 +377,34 @@ class StateDB:
         self, batch_id: int, *, size: int, sha256: str, md5: str | None, crc32c: str | None,
         work_order_count: int, seal_reason: str,
     ) -> None:
-        self._update_batch(
-            batch_id, durable=True, state="sealed", size=size, sha256=sha256, md5=md5, crc32c=crc32c,
+        self._batch_to(
+            batch_id, BatchState.SEALED, durable=True, size=size, sha256=sha256, md5=md5, crc32c=crc32c,
             work_order_count=work_order_count, seal_reason=seal_reason, sealed_at=time.time(),
         )
 
     def set_session(self, batch_id: int, remote_batch_id: str | None, upload_url: str) -> None:
         """Persist a new upload session *before* the first PUT (a crash then resumes it)."""
+        now = time.time()
         with self.transaction(durable=True) as db:
-            db.execute(
-                "UPDATE batches SET state = 'uploading', remote_batch_id = ?, upload_url = ?,"
-                " committed_offset = 0, sessions = sessions + 1,"
-                " upload_started_at = COALESCE(upload_started_at, ?), updated_at = ? WHERE id = ?",
-                (remote_batch_id, upload_url, time.time(), time.time(), batch_id),
-            )
+            upload_started_at = db.execute("SELECT COALESCE(upload_started_at, ?) FROM batches WHERE id = ?",
+                                           (now, batch_id)).fetchone()
+            self._move(db, "batches", batch_id, BatchState.UPLOADING, batch_sources(BatchState.UPLOADING), {
+                "remote_batch_id": remote_batch_id, "upload_url": upload_url, "committed_offset": 0,
+                "upload_started_at": upload_started_at[0] if upload_started_at else now,
+            })
+            db.execute("UPDATE batches SET sessions = sessions + 1 WHERE id = ?", (batch_id,))
 
     def clear_session(self, batch_id: int, reason: str) -> None:
         """The session expired (404/410): back to ``sealed`` so a new one is created from byte 0."""
-        self._update_batch(
-            batch_id, durable=True, state="sealed", remote_batch_id=None, upload_url=None, committed_offset=0,
-            last_error=reason,
-        )
+        self._batch_to(batch_id, BatchState.SEALED, durable=True, remote_batch_id=None, upload_url=None,
+                       committed_offset=0, last_error=reason)
 
     def set_digest(self, batch_id: int, *, md5: str, crc32c: str) -> None:
         """Cache checksums hashed outside the batcher (``wodrop upload``), so a resume need not re-hash."""
-        self._update_batch(batch_id, md5=md5, crc32c=crc32c)
+        self._set_batch(batch_id, (BatchState.SEALED, BatchState.UPLOADING), md5=md5, crc32c=crc32c)
 
     def set_offset(self, batch_id: int, offset: int) -> None:
-        self._update_batch(batch_id, committed_offset=offset)
+        self._set_batch(batch_id, (BatchState.UPLOADING,), committed_offset=offset)
 
     def record_error(self, batch_id: int, error: str) -> None:
         with self.transaction() as db:
@@ -311,13 +414,32 @@ class StateDB:
             )
 
     def mark_uploaded(self, batch_id: int, size: int) -> None:
-        self._update_batch(batch_id, durable=True, state="uploaded", committed_offset=size,
-                           uploaded_at=time.time(), last_error=None)
+        self._batch_to(batch_id, BatchState.UPLOADED, durable=True, committed_offset=size,
+                       uploaded_at=time.time(), last_error=None)
 
-    def finish_batch(self, batch_id: int, state: str, error: str | None = None) -> None:
-        assert state in ("done", "failed", "discarded")
-        self._update_batch(batch_id, durable=True, state=state, finished_at=time.time(),
-                           **({"last_error": error} if error else {}))
+    def finish_batch(self, batch_id: int, state: BatchState, error: str | None = None) -> None:
+        """``done`` (every work order moved) or ``failed`` (refused for good)."""
+        if state not in (BatchState.DONE, BatchState.FAILED):
+            raise IllegalTransition(f"finish_batch: {state} is not a final outcome (use discard_batch)")
+        self._batch_to(batch_id, state, durable=True, finished_at=time.time(),
+                       **({"last_error": error} if error else {}))
+
+    def discard_batch(self, batch_id: int, why: str) -> list[int]:
+        """Drop a batch whose archive is partial, damaged or lost, and hand its work orders back to
+        ``claimed`` to be packed again: one transaction, so a crash can never leave them ``batched``
+        in a dead batch (stranded, and counted as sent). Returns their ids. The caller removes the
+        archive *after* this commits (a crash in between leaves an orphan that recovery removes)."""
+        now = time.time()
+        with self.transaction(durable=True) as db:
+            self._move(db, "batches", batch_id, BatchState.DISCARDED, batch_sources(BatchState.DISCARDED),
+                       {"finished_at": now, "last_error": why})
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM work_orders WHERE batch_id = ? AND state = ?",
+                (batch_id, str(WorkOrderState.BATCHED)))]
+            for wo_id in ids:
+                self._move(db, "work_orders", wo_id, WorkOrderState.CLAIMED,
+                           work_order_sources(WorkOrderState.CLAIMED), {"batch_id": None})
+        return ids
 
     # ---- work orders ---------------------------------------------------------------------------
 
@@ -326,7 +448,7 @@ class StateDB:
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO work_orders(name, state, path, claimed_at, updated_at) VALUES (?,?,?,?,?)",
-                (name, "claimed", str(path), now, now),
+                (name, str(WorkOrderState.CLAIMED), str(path), now, now),
             )
             assert cur.lastrowid is not None
             return cur.lastrowid
@@ -338,15 +460,15 @@ class StateDB:
         return rows[0]
 
     def work_orders(
-        self, *, states: Iterable[str] | None = None, batch_id: int | None = None,
+        self, *, states: Iterable[WorkOrderState] | None = None, batch_id: int | None = None,
         name: str | None = None, limit: int | None = None, newest_first: bool = False,
     ) -> list[WorkOrderRow]:
         where: list[str] = []
         args: list[object] = []
         if states is not None:
-            st = list(states)
-            where.append(f"state IN ({','.join('?' * len(st))})")
-            args.extend(st)
+            marks, vals = _placeholders(str(s) for s in states)
+            where.append(f"state IN ({marks})")
+            args.extend(vals)
         if batch_id is not None:
             where.append("batch_id = ?")
             args.append(batch_id)
@@ -361,27 +483,14 @@ class StateDB:
 
     def assign_to_batch(self, wo_id: int, batch_id: int, nbytes: int, nfiles: int) -> None:
         with self.transaction() as db:
-            db.execute(
-                "UPDATE work_orders SET state = 'batched', batch_id = ?, bytes = ?, files = ?, updated_at = ?"
-                " WHERE id = ?",
-                (batch_id, nbytes, nfiles, time.time(), wo_id),
-            )
-            db.execute(
-                "UPDATE batches SET work_order_count = work_order_count + 1, updated_at = ? WHERE id = ?",
-                (time.time(), batch_id),
-            )
-
-    def unassign_batch(self, batch_id: int) -> list[int]:
-        """A discarded batch's work orders go back to ``claimed`` to be packed again; returns their ids."""
-        with self.transaction() as db:
-            ids = [r[0] for r in db.execute(
-                "SELECT id FROM work_orders WHERE batch_id = ? AND state = 'batched'", (batch_id,))]
-            db.execute(
-                "UPDATE work_orders SET state = 'claimed', batch_id = NULL, updated_at = ?"
-                " WHERE batch_id = ? AND state = 'batched'",
-                (time.time(), batch_id),
-            )
-        return ids
+            self._move(db, "work_orders", wo_id, WorkOrderState.BATCHED,
+                       work_order_sources(WorkOrderState.BATCHED),
+                       {"batch_id": batch_id, "bytes": nbytes, "files": nfiles})
+            cur = db.execute(
+                "UPDATE batches SET work_order_count = work_order_count + 1, updated_at = ?"
+                " WHERE id = ? AND state = ?", (time.time(), batch_id, str(BatchState.OPEN)))
+            if cur.rowcount != 1:
+                raise IllegalTransition(f"batches {batch_id}: not open; cannot take work order {wo_id}")
 
     def plan_move(self, wo_id: int, dest: Path) -> None:
         """Record where a folder is about to be renamed to, so recovery can tell a done move from a
@@ -391,24 +500,21 @@ class StateDB:
                        (str(dest), time.time(), wo_id))
 
     def finish_work_order(
-        self, wo_id: int, state: str, path: Path, *, stage: str | None = None,
+        self, wo_id: int, state: WorkOrderState, path: Path, *, stage: str | None = None,
         errors: list[dict[str, Any]] | None = None,
     ) -> None:
-        assert state in ("done", "failed", "retried")
-        now = time.time()
-        with self.transaction() as db:
-            db.execute(
-                "UPDATE work_orders SET state = ?, path = ?, dest = NULL, error_stage = ?, errors = ?,"
-                " finished_at = ?, updated_at = ? WHERE id = ?",
-                (state, str(path), stage, json.dumps(errors) if errors else None, now, now, wo_id),
-            )
+        if state not in (WorkOrderState.DONE, WorkOrderState.FAILED, WorkOrderState.RETRIED):
+            raise IllegalTransition(f"finish_work_order: {state} is not a final outcome")
+        self._work_order_to(wo_id, state, path=str(path), dest=None, error_stage=stage,
+                            errors=json.dumps(errors) if errors else None, finished_at=time.time())
 
     def is_duplicate(self, name: str, exclude_id: int | None = None) -> bool:
         """True when another work order of this id is in an archive or already uploaded (so a second
         copy dropped while the first is in flight is caught too)."""
+        marks, vals = _placeholders(str(s) for s in SENT_WORK_ORDER_STATES)
         row = self._db.execute(
-            "SELECT 1 FROM work_orders WHERE name = ? AND id != ? AND state IN ('batched', 'done') LIMIT 1",
-            (name, -1 if exclude_id is None else exclude_id),
+            f"SELECT 1 FROM work_orders WHERE name = ? AND id != ? AND state IN ({marks}) LIMIT 1",
+            (name, -1 if exclude_id is None else exclude_id, *vals),
         ).fetchone()
         return row is not None
 
@@ -417,10 +523,10 @@ class StateDB:
         row = self._db.execute("SELECT MAX(uploaded_at) FROM batches").fetchone()
         return None if row[0] is None else float(row[0])
 
-    def count_finished_since(self, state: str, since: float) -> int:
+    def count_finished_since(self, state: WorkOrderState, since: float) -> int:
         """Work orders that reached ``state`` at or after unix time ``since`` ("failed today")."""
         row = self._db.execute(
-            "SELECT COUNT(*) FROM work_orders WHERE state = ? AND finished_at >= ?", (state, since)
+            "SELECT COUNT(*) FROM work_orders WHERE state = ? AND finished_at >= ?", (str(state), since)
         ).fetchone()
         return int(row[0])
 

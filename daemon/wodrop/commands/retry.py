@@ -17,10 +17,10 @@ import re
 from pathlib import Path
 
 from wodrop.cli import EXIT_FAILED, EXIT_OK, load_cli_config
-from wodrop.fsops import fsync_dir, rename_noreplace
+from wodrop.fsops import REPORT_SUFFIX, fsync_dir, rename_noreplace, report_path
+from wodrop.lifecycle import WorkOrderState
 from wodrop.state import StateDB, StateError
 
-REPORT_SUFFIX = ".error.json"
 # The collision suffix fsops adds in done/ and failed/: ``.<UTC yyyymmddTHHMMSS>`` then ``-2``, ``-3``...
 _STAMP = re.compile(r"\.\d{8}T\d{6}(?:-\d+)?$")
 
@@ -32,7 +32,7 @@ def _plain_name(name: object) -> bool:
 def original_id(folder: Path) -> str:
     """The id the folder had in the inbox: the report's ``work_order``, else the name minus a stamp."""
     try:
-        wo = json.loads((folder.parent / f"{folder.name}{REPORT_SUFFIX}").read_text(encoding="utf-8"))
+        wo = json.loads(report_path(folder).read_text(encoding="utf-8"))
         if isinstance(wo, dict) and _plain_name(wo.get("work_order")):
             return str(wo["work_order"])
     except (OSError, ValueError):
@@ -43,10 +43,11 @@ def original_id(folder: Path) -> str:
 def _mark_retried(db: StateDB | None, wo_id: str, old: Path, new: Path) -> None:
     if db is None:
         return
-    rows = db.work_orders(states=["failed"], name=wo_id, newest_first=True)
+    rows = db.work_orders(states=[WorkOrderState.FAILED], name=wo_id, newest_first=True)
     row = next((r for r in rows if Path(r.path).name == old.name), rows[0] if rows else None)
     if row is not None:  # keep the reasons: the history says why it was retried
-        db.finish_work_order(row.id, "retried", new, stage=row.error_stage, errors=row.error_list or None)
+        db.finish_work_order(row.id, WorkOrderState.RETRIED, new, stage=row.error_stage,
+                             errors=row.error_list or None)
 
 
 def retry_one(name: str, failed: Path, inbox: Path, db: StateDB | None) -> tuple[bool, str]:
@@ -68,7 +69,7 @@ def retry_one(name: str, failed: Path, inbox: Path, db: StateDB | None) -> tuple
         return False, f"{name}: cannot move to {dst} ({why}); not moved"
     fsync_dir(inbox)
     fsync_dir(failed)
-    (failed / f"{name}{REPORT_SUFFIX}").unlink(missing_ok=True)
+    report_path(failed / name).unlink(missing_ok=True)
     _mark_retried(db, wo_id, src, dst)
     return True, f"{name}: moved back to {dst}"
 

@@ -1,8 +1,12 @@
 """``wodrop upload ARCHIVE [--batch-id ID | --upload-url URL]``: one upload that a re-run resumes.
 
 The session (batch id, upload URL) is written to the state DB before the first byte, and the offset
-the server confirms after every chunk; a re-run of the same command on the same file (same path, size
-and mtime) finds that record and resumes from what the server holds, which a status query tells.
+the server confirms after every chunk (the same session routine as the daemon's:
+:mod:`wodrop.upload.session`); a re-run of the same command on the same file (same path, size and
+mtime) finds that record and resumes from what the server holds, which a status query tells.
+
+These records have origin ``cli``: the daemon sharing the state DB never resumes, finishes or deletes
+them (the archive is the user's file). A file already uploaded is refused unless ``--again``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from tqdm import tqdm
 
 from wodrop.cli import EXIT_FAILED, EXIT_OK, UsageError, load_cli_config
 from wodrop.config import Config
+from wodrop.lifecycle import BatchState, Origin
 from wodrop.logs import get_logger, setup_logging
 from wodrop.redact import redact, register_secret
 from wodrop.secrets import SecretError, resolve_api_key
@@ -41,8 +46,8 @@ from wodrop.upload.protocol import (
     UploadRejected,
     check_server_copy,
 )
+from wodrop.upload.session import SessionHooks, upload_session
 from wodrop.upload.transport import make_session, retry_policy
-from wodrop.upload.uploader import upload_archive
 
 log = get_logger("wodrop.upload")
 _HASH_BLOCK = 1024 * 1024
@@ -131,24 +136,21 @@ def _reusable(row: BatchRow, args: argparse.Namespace) -> bool:
     return row.remote_batch_id is not None
 
 
-async def _new_session(job: Job, http: aiohttp.ClientSession, row_id: int) -> str:
-    """Open (or look up) the session this command line names; persist it before any byte is sent."""
+async def _open_session(job: Job, http: aiohttp.ClientSession) -> tuple[str | None, str]:
+    """Open (or look up) the session this command line names (the routine persists it before any PUT)."""
     args, cfg = job.args, job.cfg
-    remote: str | None = None
     if args.upload_url:
-        url = args.upload_url
+        return None, args.upload_url
+    assert cfg.api.url is not None and job.key is not None
+    if args.batch_id:
+        data = await api.get_batch(http, cfg.api.url, job.key, args.batch_id, retry=job.retry,
+                                   on_retry=job.on_retry)
+        remote, url = args.batch_id, api.upload_url_of(data)
     else:
-        assert cfg.api.url is not None and job.key is not None
-        if args.batch_id:
-            data = await api.get_batch(http, cfg.api.url, job.key, args.batch_id, retry=job.retry,
-                                       on_retry=job.on_retry)
-            remote, url = args.batch_id, api.upload_url_of(data)
-        else:
-            remote, url = await api.create_batch(http, cfg.api.url, job.key, job.archive.stem,
-                                                 retry=job.retry, on_retry=job.on_retry)
-        log.info("upload_session_created", batch=remote)
-    job.db.set_session(row_id, remote, url)
-    return url
+        remote, url = await api.create_batch(http, cfg.api.url, job.key, job.archive.stem,
+                                             retry=job.retry, on_retry=job.on_retry)
+    log.info("upload_session_created", batch=remote)
+    return remote, url
 
 
 def _expired_message(args: argparse.Namespace) -> str | None:
@@ -172,59 +174,74 @@ async def _transfer(job: Job, http: aiohttp.ClientSession, row: BatchRow) -> Ser
     """Resume the recorded session or open one, and upload; an expired session is replaced by a new
     batch when the API is ours to call (the user named neither a URL nor a batch)."""
     cfg, db = job.cfg, job.db
-    if _reusable(row, job.args):
-        assert row.upload_url is not None
-        url, known = row.upload_url, row.committed_offset
-        register_secret(url)
-        log.info("upload_resuming", batch=row.remote_batch_id, db_offset=known, total=job.size)
-    else:
-        url, known = await _new_session(job, http, row.id), None
+    if row.upload_url is not None and not _reusable(row, job.args):
+        db.clear_session(row.id, "a different session was asked for on the command line")
+        row = db.batch(row.id)
     limiter = Bandwidth(cfg.upload.max_bandwidth) if cfg.upload.max_bandwidth else None
-    progress = Progress(job.archive.name, job.size, known or 0,
+    progress = Progress(job.archive.name, job.size, row.committed_offset,
                         bar=sys.stderr.isatty() and not job.args.no_progress)
-    resuming, sessions = known is not None, 1
+    resuming, sessions = False, 0
+
+    def on_start(remote: str | None, known: int | None) -> None:
+        nonlocal resuming, sessions
+        sessions += 1
+        resuming = bool(known)
+        if resuming:
+            log.info("upload_resuming", batch=remote, db_offset=known, total=job.size)
 
     def on_offset(offset: int) -> None:
         nonlocal resuming
         if resuming:  # the first offset the server confirms: what the resume really starts from
             log.info("upload_resumed", offset=offset, total=job.size)
             resuming = False
-        db.set_offset(row.id, offset)
         progress.update(offset)
 
+    def on_expired(_e: SessionExpired) -> None:
+        message = _expired_message(job.args)
+        if message is not None:
+            raise SessionExpired(message)
+        if cfg.upload.max_retries is not None and sessions > cfg.upload.max_retries:
+            raise UploadGaveUp(f"upload sessions keep expiring, gave up after {sessions}")
+        log.warning("upload_session_expired", action="starting again from byte 0 in a new batch")
+        progress.update(0)
+
+    hooks = SessionHooks(open=lambda: _open_session(job, http), on_expired=on_expired, on_offset=on_offset,
+                         on_retry=job.on_retry, on_start=on_start)
     try:
-        while True:
-            try:
-                return await upload_archive(
-                    http, job.archive, url, size=job.size, chunk_size=cfg.upload.chunk_size, retry=job.retry,
-                    limiter=limiter, known_offset=known, on_offset=on_offset, on_retry=job.on_retry,
-                )
-            except SessionExpired:
-                db.clear_session(row.id, "the upload session expired")
-                message = _expired_message(job.args)
-                if message is not None:
-                    raise SessionExpired(message) from None
-                if cfg.upload.max_retries is not None and sessions > cfg.upload.max_retries:
-                    raise UploadGaveUp(f"upload sessions keep expiring, gave up after {sessions}") from None
-                log.warning("upload_session_expired", action="starting again from byte 0 in a new batch")
-                url, known, resuming = await _new_session(job, http, row.id), None, False
-                sessions += 1
-                progress.update(0)
+        return await upload_session(db, row.id, http, job.archive, hooks, chunk_size=cfg.upload.chunk_size,
+                                    retry=job.retry, limiter=limiter)
     finally:
         progress.close()
 
 
+def _already_uploaded(job: Job) -> str | None:
+    """When this very file (path, size, mtime) was uploaded before: a sentence saying when and where."""
+    row = job.db.find_cli_batch(job.archive, job.size, job.mtime_ns, [BatchState.DONE])
+    if row is None:
+        return None
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(row.finished_at or row.updated_at))
+    where = f"to batch {row.remote_batch_id}" if row.remote_batch_id else "to an upload URL"
+    return (f"{job.archive.name} was already uploaded on {when} {where}; not sending it again "
+            "(pass --again to upload it once more)")
+
+
 def _find_or_create_row(job: Job) -> BatchRow:
-    row = job.db.find_cli_batch(job.archive, job.size, job.mtime_ns)
+    row = job.db.find_cli_batch(job.archive, job.size, job.mtime_ns,
+                                [BatchState.SEALED, BatchState.UPLOADING])
     if row is None:
         name = f"{job.archive.stem}-cli-{uuid.uuid4().hex[:8]}"
-        row = job.db.batch(job.db.create_batch(name, job.archive, origin="cli", state="sealed", size=job.size,
-                                               archive_mtime_ns=job.mtime_ns))
+        row = job.db.batch(job.db.create_batch(name, job.archive, origin=Origin.CLI, state=BatchState.SEALED,
+                                               size=job.size, archive_mtime_ns=job.mtime_ns))
     return row
 
 
 async def _upload(job: Job) -> int:
     db = job.db
+    refusal = None if job.args.again else _already_uploaded(job)
+    if refusal is not None:
+        log.error("upload_refused", reason=refusal)
+        print(f"wodrop upload: {refusal}", file=sys.stderr)
+        return EXIT_FAILED
     row = _find_or_create_row(job)
     # Hash while uploading (the check only matters at the end); a resume reuses the cached digest.
     cached = Digest(job.size, row.md5, row.crc32c) if row.md5 and row.crc32c else None
@@ -239,14 +256,14 @@ async def _upload(job: Job) -> int:
         message = str(e) if isinstance(e, UploadError) else redact(f"{type(e).__name__}: {e}")
         db.record_error(row.id, message)
         if isinstance(e, UploadRejected):
-            db.finish_batch(row.id, "failed", message)
+            db.finish_batch(row.id, BatchState.FAILED, message)
         log.error("upload_failed", error=message)
         print(f"wodrop upload: {message}", file=sys.stderr)
         return EXIT_FAILED
     finally:
         stop.set()
     db.mark_uploaded(row.id, job.size)
-    db.finish_batch(row.id, "done")
+    db.finish_batch(row.id, BatchState.DONE)
     remote = db.batch(row.id).remote_batch_id
     elapsed = time.monotonic() - started
     log.info("upload_complete", batch=remote, size=job.size, seconds=round(elapsed, 3))

@@ -2,14 +2,20 @@
 
 Crash-safety: the open archive is only ever in state ``open`` in the DB. A crash leaves it ``open``;
 recovery discards the partial file (our own) and packs its work orders again from ``processing/``, so
-a half-written archive is never uploaded. Sealing order: close the zip (central directory, fsync) ->
-DB ``seal_batch`` with size and checksums -> hand the id to the uploaders.
+a half-written archive is never uploaded. Adding: write into the archive (``batch.appended``) -> DB
+``assign_to_batch`` (``batch.assigned``). Sealing: close the zip (central directory, fsync;
+``seal.closed``) -> DB ``seal_batch`` with size and checksums (``seal.recorded``) -> queue for upload.
+
+A full spool disk never deadlocks: the open archive is sealed (reason ``space``) so it can be uploaded
+and its space freed, and new work waits (intake paused) until there is room. One work order that keeps
+failing is parked with a backoff; the others go on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -17,11 +23,15 @@ from pathlib import Path
 
 from wodrop import metrics
 from wodrop.archive import BatchArchiveWriter, SourceChanged
+from wodrop.failpoints import failpoint
 from wodrop.fsops import utc_stamp
+from wodrop.ledger import Ledger
 from wodrop.logs import get_logger
-from wodrop.pipeline.finish import Finisher
-from wodrop.pipeline.guard import survive
+from wodrop.pipeline.finish import Finisher, remove_spool_file
+from wodrop.pipeline.guard import Isolation
+from wodrop.pipeline.validation import is_sent
 from wodrop.runtime import Runtime
+from wodrop.state import StateDB
 from wodrop.units import format_size
 from wodrop.workorder.validate import WorkOrderReport
 
@@ -81,39 +91,43 @@ class SpoolSlots:
 
 class Batcher:
     def __init__(self, runtime: Runtime, finisher: Finisher, slots: SpoolSlots,
-                 uploads: asyncio.Queue[int]) -> None:
+                 uploads: asyncio.Queue[int], ledger: Ledger) -> None:
         self.rt, self.db, self.finisher = runtime, runtime.db, finisher
-        self.slots, self.uploads = slots, uploads
+        self.slots, self.uploads, self.ledger = slots, uploads, ledger
         self.open: _Open | None = None
         self._seq = 0
         #: work orders of a discarded archive (disk full, I/O error), packed again before new ones
         self._requeue: list[tuple[int, WorkOrderReport]] = []
+        self._guard: Isolation[tuple[int, WorkOrderReport]] = Isolation(
+            "batch", runtime.stuck, lambda item: f"work order {item[1].id}")
 
     async def run(self, inbox: asyncio.Queue[tuple[int, WorkOrderReport]]) -> None:
         while True:
-            if self._requeue:
-                await self._add_safely(*self._requeue.pop(0))
-                continue
-            timeout = None
-            if self.open is not None and self.open.oldest is not None:
-                timeout = max(0.0, self.open.oldest + self.rt.cfg.batch.max_age - time.monotonic())
-            try:
-                wo_id, report = await asyncio.wait_for(inbox.get(), timeout)
-            except TimeoutError:
-                await self.seal("age")
-                continue
-            await self._add_safely(wo_id, report)
+            now = time.monotonic()
+            item = self._requeue.pop(0) if self._requeue else self._guard.parked.pop_due(now)
+            if item is None:
+                waits = [self._guard.parked.next_in(now)]
+                if self.open is not None and self.open.oldest is not None:
+                    waits.append(max(0.0, self.open.oldest + self.rt.cfg.batch.max_age - now))
+                timeout = min((w for w in waits if w is not None), default=None)
+                try:
+                    item = await asyncio.wait_for(inbox.get(), timeout)
+                except TimeoutError:
+                    if self.open is not None and self.open.oldest is not None and \
+                            time.monotonic() >= self.open.oldest + self.rt.cfg.batch.max_age:
+                        await self._guard.run(item_of(self.open), self.seal("age"))
+                    continue
+            await self._add_safely(*item)
 
     async def _add_safely(self, wo_id: int, report: WorkOrderReport) -> None:
-        """An unexpected error leaves the open archive in an unknown state: drop it, pack again."""
-        if not await survive("batch", report.id, self.add(wo_id, report)):
-            await self._lost_open_batch("unexpected error while packing")
-            if not any(i == wo_id for i, _ in self._requeue):
-                self._requeue.append((wo_id, report))
+        """An unexpected error leaves the open archive in an unknown state: drop it (its other work
+        orders are packed again at once) and park this one with a backoff."""
+        if not await self._guard.run((wo_id, report), self.add(wo_id, report)):
+            await self._lost_open_batch("unexpected error while packing", keep=wo_id)
 
     async def add(self, wo_id: int, report: WorkOrderReport) -> None:
         cfg = self.rt.cfg
-        if cfg.format.on_duplicate == "reject" and self.db.is_duplicate(report.id, exclude_id=wo_id):
+        if cfg.format.on_duplicate == "reject" and await is_sent(self.rt, self.ledger, report.id, wo_id):
             # Checked again here because the batcher is the one place that sees every earlier copy.
             await self.finisher.fail_work_order(self.db.work_order(wo_id), "validation", [{
                 "code": "duplicate_work_order", "file": None,
@@ -145,13 +159,20 @@ class Batcher:
                     "message": f"{Path(e.filename).name} cannot be read ({e.strerror}); check permissions.",
                 }])
                 return
-            await self._lost_open_batch(f"cannot write the batch archive: {e.strerror or e}")
-            self._requeue.append((wo_id, report))
             if e.errno in _DISK_FULL:
+                # The writer rolled this work order back; what is already in the archive is whole:
+                # seal it so it can be uploaded and free its space, and try this one again later.
+                log.error("spool_disk_full", batch=batch.name, work_order=report.id,
+                          action="sealing the open batch; this work order waits for space")
                 self.rt.intake_paused = SPOOL_FULL
-            await asyncio.sleep(5)  # don't spin on a failing disk
-            return
+                self._requeue.append((wo_id, report))
+                await self._seal_or_drop("space")
+                await asyncio.sleep(1)  # don't spin on a full disk
+                return
+            raise
+        failpoint("batch.appended")
         self.db.assign_to_batch(wo_id, batch.id, report.total_bytes, len(report.files))
+        failpoint("batch.assigned")
         batch.items.append((wo_id, report))
         if batch.oldest is None:
             batch.oldest = time.monotonic()
@@ -166,7 +187,8 @@ class Batcher:
 
     async def _new_batch(self) -> _Open:
         self._seq += 1
-        name = f"batch-{utc_stamp()}Z-{self._seq:04d}"
+        # unique across restarts too (a crash and a restart within one second must not reuse a name)
+        name = f"batch-{utc_stamp()}Z-{self._seq:04d}-{secrets.token_hex(3)}"
         spool = self.rt.cfg.paths.spool
         path = spool / f"{name}.zip"
         writer = await asyncio.to_thread(BatchArchiveWriter, path)
@@ -179,9 +201,15 @@ class Batcher:
         if batch is None or not batch.items:
             return
         await self.slots.acquire()  # back-pressure: wait while the spool holds max_sealed batches
-        digest = await asyncio.to_thread(batch.writer.close)
+        try:
+            digest = await asyncio.to_thread(batch.writer.close)
+        except BaseException:
+            await self.slots.release()
+            raise
+        failpoint("seal.closed")
         self.db.seal_batch(batch.id, size=digest.size, sha256=digest.sha256, md5=digest.md5,
                            crc32c=digest.crc32c, work_order_count=len(batch.items), seal_reason=reason)
+        failpoint("seal.recorded")
         self.open = None
         metrics.BATCHES_SEALED.labels(reason=reason).inc()
         metrics.BATCH_SIZE.observe(digest.size)
@@ -189,20 +217,30 @@ class Batcher:
                  size_human=format_size(digest.size), work_orders=len(batch.items), sha256=digest.sha256)
         await self.uploads.put(batch.id)
 
-    async def _lost_open_batch(self, why: str) -> None:
-        """The open archive cannot be completed (disk full, I/O error): drop it, keep its work orders."""
+    async def _seal_or_drop(self, reason: str) -> None:
+        """Seal the open archive; if even that fails (no room for the central directory), drop it and
+        pack its work orders again later."""
+        try:
+            await self.seal(reason)
+        except OSError as e:
+            await self._lost_open_batch(f"cannot finish the batch archive: {e.strerror or e}")
+
+    async def _lost_open_batch(self, why: str, keep: int | None = None) -> None:
+        """The open archive cannot be completed: drop it, pack its work orders again (but ``keep``,
+        which its own backoff brings back)."""
         batch = self.open
         if batch is None:
             return
         self.open = None
         await asyncio.to_thread(batch.writer.abort)
-        self.db.unassign_batch(batch.id)
-        self.db.finish_batch(batch.id, "discarded", error=why)
-        self._requeue.extend(batch.items)
+        await discard(self.db, self.rt.cfg.paths.spool, batch.id, batch.path, why)
+        self._requeue.extend(item for item in batch.items if item[0] != keep)
         log.error("batch_discarded", batch=batch.name, reason=why, work_orders=len(batch.items))
 
     async def _wait_for_space(self, need: int) -> None:
-        """Don't start writing what cannot fit: wait (intake paused) until the spool disk has room."""
+        """Don't start writing what cannot fit. When the spool is short of room, seal the open archive
+        first (it can then be uploaded and free its space: waiting while holding it would deadlock),
+        then wait, intake paused, until there is room."""
         spool = self.rt.cfg.paths.spool
         while True:
             free = shutil.disk_usage(spool).free
@@ -211,8 +249,28 @@ class Batcher:
                     self.rt.intake_paused = None
                     log.info("spool_space_back", free=free)
                 return
+            if self.open is not None and self.open.items:
+                log.warning("spool_short_of_space", free=format_size(free), batch=self.open.name,
+                            action="sealing the open batch so it can be uploaded")
+                await self._seal_or_drop("space")
+                continue
             if self.rt.intake_paused != SPOOL_FULL:
                 log.error("spool_disk_full", free=format_size(free),
                           need=format_size(need + self.rt.cfg.batch.min_free_space), spool=str(spool))
             self.rt.intake_paused = SPOOL_FULL
             await asyncio.sleep(5)
+
+
+def item_of(batch: _Open) -> tuple[int, WorkOrderReport]:
+    """The isolation key of a batch-wide step (sealing): its first work order."""
+    return batch.items[0]
+
+
+async def discard(db: StateDB, spool: Path, batch_id: int, archive: Path, why: str) -> list[int]:
+    """The one way to drop a batch: DB first (batch discarded and its work orders back to claimed, in
+    one transaction), then the archive (``discard.recorded``: a crash in between leaves an orphan that
+    recovery removes). Returns the work orders to pack again."""
+    ids = db.discard_batch(batch_id, why)
+    failpoint("discard.recorded")
+    await asyncio.to_thread(remove_spool_file, spool, archive)
+    return ids

@@ -1,16 +1,19 @@
 """Finish: move work orders out of ``processing/`` to ``done/`` or ``failed/`` (+ report), crash-safely.
 
-Order of steps for one work order (a crash between any two is repaired by :meth:`Finisher.resume_move`
-at start-up, because the DB records the destination *before* the rename):
+Order of steps for one work order (a crash between any two is repaired at start-up, because the DB
+records the destination *before* the rename; each gap has a named fail point):
 
-1. pick a free destination name (``WO``, else ``WO.<UTC stamp>``; for failed/ the report's name too)
-2. DB: ``plan_move`` records that destination
-3. failed/ only: write ``<dest>.error.json`` (temp file + fsync + rename: never half a report)
-4. rename ``processing/WO`` -> destination (no-clobber; atomic on one filesystem)
-5. DB: ``finish_work_order`` (state done/failed, path = destination)
+1. pick a free destination name (``WO``, else ``WO.<UTC stamp>``, fitted to 255 bytes; for failed/
+   the report's name must be free too)
+2. DB: ``plan_move`` records that destination                      -- fail point ``finish.planned``
+3. failed/ only: write the report (temp file + fsync + rename)      -- fail point ``finish.reported``
+4. rename ``processing/WO`` -> destination (no-clobber, atomic)     -- fail point ``finish.moved``
+5. DB: ``finish_work_order`` (done/failed, path = destination)
 
 A batch is finished only after all its work orders are: its DB state goes to done/failed last, then its
-archive is removed from the spool (a crash before that leaves an orphan archive that recovery removes).
+archive is removed from the spool (``batch.finished``: a crash there leaves an orphan that recovery
+removes). One folder that cannot be moved (``failed/`` not writable, the share gone) does not hold
+the others back: they are moved, and the batch is tried again later for the rest.
 """
 
 from __future__ import annotations
@@ -22,12 +25,21 @@ from typing import Any
 
 from wodrop import metrics
 from wodrop.config import Config
-from wodrop.fsops import failure_report, free_names, fsync_dir, rename_noreplace, write_json_atomic
+from wodrop.failpoints import failpoint
+from wodrop.fsops import (
+    REPORT_SUFFIX,
+    failure_report,
+    free_names,
+    fsync_dir,
+    rename_noreplace,
+    report_path,
+    write_json_atomic,
+)
+from wodrop.lifecycle import BatchState, Origin, WorkOrderState
 from wodrop.logs import get_logger
 from wodrop.state import StateDB, WorkOrderRow
 
 log = get_logger("wodrop.finish")
-REPORT_SUFFIX = ".error.json"
 
 
 def _pick_destination(row: WorkOrderRow, target_dir: Path, failed: bool) -> Path:
@@ -40,9 +52,18 @@ def _pick_destination(row: WorkOrderRow, target_dir: Path, failed: bool) -> Path
 
 def _move(src: Path, dest: Path, report: dict[str, Any] | None) -> None:
     if report is not None:
-        write_json_atomic(dest.with_name(dest.name + REPORT_SUFFIX), report)
+        write_json_atomic(report_path(dest), report)
+        failpoint("finish.reported")
     rename_noreplace(src, dest)
     fsync_dir(dest.parent)
+    failpoint("finish.moved")
+
+
+def _check_reachable(folder: Path) -> None:
+    """A folder missing from processing/ means it was moved, unless processing/ itself is gone (share
+    unmounted): then raise, and the finish is tried again when the share is back."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(2, "the processing folder cannot be reached (share unmounted?)", str(folder))
 
 
 class Finisher:
@@ -57,13 +78,15 @@ class Finisher:
         src = Path(row.path)
         dest = await asyncio.to_thread(_pick_destination, row, target_dir, failed)
         self.db.plan_move(row.id, dest)
+        failpoint("finish.planned")
         report = failure_report(row.name, stage or "validation", errors or []) if failed else None
         try:
             await asyncio.to_thread(_move, src, dest, report)
         except FileExistsError:
             # Someone created that name between our check and the rename: plan another one.
             return await self._finish(self.db.work_order(row.id), failed=failed, stage=stage, errors=errors)
-        self.db.finish_work_order(row.id, "failed" if failed else "done", dest, stage=stage, errors=errors)
+        self.db.finish_work_order(row.id, WorkOrderState.FAILED if failed else WorkOrderState.DONE, dest,
+                                  stage=stage, errors=errors)
         return dest
 
     async def fail_work_order(self, row: WorkOrderRow, stage: str, errors: list[dict[str, Any]]) -> Path:
@@ -74,35 +97,66 @@ class Finisher:
         return dest
 
     async def finish_batch(self, batch_id: int, *, ok: bool, reason: str | None = None) -> None:
-        """Move the batch's work orders to done/ (uploaded) or failed/ (rejected), then close it."""
+        """Move the batch's work orders to done/ (uploaded) or failed/ (rejected), then close it.
+
+        Raises the first error met after trying every work order (the caller tries again later)."""
         batch = self.db.batch(batch_id)
+        if batch.origin != Origin.DAEMON:
+            raise ValueError(f"batch {batch.name} was not packed by the daemon; not the daemon's to finish")
         errors = [{"code": "upload_rejected", "file": None,
                    "message": f"The platform refused batch {batch.name}: {reason}"}] if not ok else None
-        for row in self.db.work_orders(batch_id=batch_id, states=["batched"]):
-            if not os.path.lexists(row.path):
-                # Crash after the rename, before the DB knew (or a person moved it): record where it is.
-                where = Path(row.dest) if row.dest and os.path.lexists(row.dest) else Path(row.path)
-                if where == Path(row.path):
-                    log.error("work_order_missing", work_order=row.name, path=row.path,
-                              note="not in processing/ any more; its batch was handled anyway")
-                self.db.finish_work_order(row.id, "done" if ok else "failed", where,
-                                          stage=None if ok else "upload", errors=errors)
-                continue
-            if ok:
-                dest = await self._finish(row, failed=False)
-                metrics.WORK_ORDERS.labels(outcome="done").inc()
-                log.info("work_order_done", work_order=row.name, batch=batch.name, dest=str(dest))
-            else:
-                assert errors is not None
-                await self.fail_work_order(row, "upload", errors)
-        self.db.finish_batch(batch_id, "done" if ok else "failed", error=reason)
-        await asyncio.to_thread(_remove_quietly, Path(batch.archive_path))
+        first_error: Exception | None = None
+        for row in self.db.work_orders(batch_id=batch_id, states=[WorkOrderState.BATCHED]):
+            try:
+                await self._finish_one(batch.name, row, ok, errors)
+            except Exception as e:
+                log.error("work_order_finish_failed", work_order=row.name, batch=batch.name,
+                          error=f"{type(e).__name__}: {e}", action="trying again later")
+                first_error = first_error or e
+        if first_error is not None:
+            raise first_error
+        self.db.finish_batch(batch_id, BatchState.DONE if ok else BatchState.FAILED, error=reason)
+        failpoint("batch.finished")
+        await asyncio.to_thread(remove_spool_file, self.cfg.paths.spool, Path(batch.archive_path))
         log.info("batch_finished", batch=batch.name, outcome="done" if ok else "failed",
                  work_orders=batch.work_order_count, size=batch.size)
 
+    async def _finish_one(self, batch: str, row: WorkOrderRow, ok: bool,
+                          errors: list[dict[str, Any]] | None) -> None:
+        if not os.path.lexists(row.path):
+            _check_reachable(Path(row.path).parent)
+            # Crash after the rename, before the DB knew (or a person moved it): record where it is.
+            where = Path(row.dest) if row.dest and os.path.lexists(row.dest) else Path(row.path)
+            if where == Path(row.path):
+                log.error("work_order_missing", work_order=row.name, path=row.path,
+                          note="not in processing/ any more; its batch was handled anyway")
+            self.db.finish_work_order(row.id, WorkOrderState.DONE if ok else WorkOrderState.FAILED, where,
+                                      stage=None if ok else "upload", errors=errors)
+            return
+        if ok:
+            dest = await self._finish(row, failed=False)
+            metrics.WORK_ORDERS.labels(outcome="done").inc()
+            log.info("work_order_done", work_order=row.name, batch=batch, dest=str(dest))
+        else:
+            assert errors is not None
+            await self.fail_work_order(row, "upload", errors)
 
-def _remove_quietly(path: Path) -> None:
-    """Remove one of our own spool archives (never a user's file)."""
+    async def deliver_again(self, row: WorkOrderRow) -> Path:
+        """A folder recovery adopted that the ledger shows as delivered already: to done/, not sent."""
+        dest = await self._finish(row, failed=False)
+        metrics.WORK_ORDERS.labels(outcome="done").inc()
+        log.warning("work_order_already_delivered", work_order=row.name, dest=str(dest),
+                    note="the delivered-ids ledger shows it was uploaded before; not uploaded again")
+        return dest
+
+
+def remove_spool_file(spool: Path, path: Path) -> None:
+    """Remove one of the daemon's own spool archives. Refuses anything outside the spool: the daemon
+    never deletes a user's file (a ``wodrop upload`` archive, a path a damaged DB row points at)."""
+    if path.parent != spool or not path.name.startswith("batch-"):
+        log.error("spool_unlink_refused", path=str(path), spool=str(spool),
+                  note="not a spool archive of this daemon; left alone")
+        return
     try:
         path.unlink()
     except FileNotFoundError:

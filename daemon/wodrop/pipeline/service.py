@@ -22,6 +22,7 @@ from typing import Any
 from wodrop import metrics
 from wodrop.config import Config, ConfigError, load_config
 from wodrop.fsops import NotSameFilesystem, check_same_filesystem
+from wodrop.ledger import Ledger
 from wodrop.logs import get_logger, setup_logging
 from wodrop.pipeline.batcher import Batcher, SpoolSlots
 from wodrop.pipeline.finish import Finisher
@@ -63,6 +64,8 @@ def prepare_folders(cfg: Config) -> None:
             log.info("folder_created", key=key, path=str(folder))
         if not os.access(folder, os.W_OK | os.X_OK):
             raise StartupError(f"paths.{key}: {folder} is not writable by this user (uid {os.getuid()})")
+    for folder in (p.state, p.spool):
+        make_private(folder)
     state_fs = filesystem_type(p.state)
     if is_network_fs(state_fs):
         log.warning("state_on_network_filesystem", path=str(p.state), fstype=state_fs,
@@ -73,6 +76,17 @@ def prepare_folders(cfg: Config) -> None:
         )
     except NotSameFilesystem as e:
         raise StartupError(str(e)) from None
+
+
+def make_private(folder: Path) -> None:
+    """The state DB and the spool hold upload URLs and customers' photos: 0700 (when it is ours)."""
+    try:
+        st = os.stat(folder)
+        if st.st_uid == os.getuid() and st.st_mode & 0o077:
+            os.chmod(folder, st.st_mode & 0o700 | 0o700)
+            log.info("folder_made_private", path=str(folder))
+    except OSError as e:
+        log.warning("folder_mode_unchanged", path=str(folder), error=e.strerror)
 
 
 def lock_instance(folder: Path, what: str) -> int:
@@ -108,8 +122,19 @@ class Daemon:
         except StateError as e:
             raise StartupError(str(e)) from None
         try:
+            db.check()
+            ledger = Ledger(cfg.paths.done, db.instance_id())
+            ledger.open()
+        except StateError as e:
+            db.close()
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            db.close()
+            raise StartupError(f"paths.done: cannot use the delivered-ids ledger in {cfg.paths.done} "
+                               f"({e.strerror})") from None
+        try:
             async with self._platform(cfg) as (api_url, api_key):
-                await self._run(cfg, db, api_url, api_key)
+                await self._run(cfg, db, ledger, api_url, api_key)
         finally:
             db.close()
             for fd in locks:
@@ -143,7 +168,7 @@ class Daemon:
         finally:
             await receiver.stop()
 
-    async def _run(self, cfg: Config, db: StateDB, api_url: str, api_key: str) -> None:
+    async def _run(self, cfg: Config, db: StateDB, ledger: Ledger, api_url: str, api_key: str) -> None:
         rt = Runtime(cfg=cfg, db=db)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -152,7 +177,7 @@ class Daemon:
 
         finisher = Finisher(cfg, db)
         slots = SpoolSlots(cfg.batch.max_sealed)
-        to_validate, to_upload = await recover(db, finisher, cfg.paths.processing, cfg.paths.spool, slots)
+        to_validate, to_upload = await recover(db, finisher, ledger, cfg, slots)
         validate_q: asyncio.Queue[int] = asyncio.Queue(QUEUE_SIZE)
         batch_q: asyncio.Queue[tuple[int, WorkOrderReport]] = asyncio.Queue(QUEUE_SIZE)
         upload_q: asyncio.Queue[int] = asyncio.Queue()
@@ -171,15 +196,15 @@ class Daemon:
 
         intake = Intake(rt, slots)
         async with make_session(cfg.upload) as http:
-            uploads = Uploads(rt, finisher, slots, http, api_url, api_key, validate_q)
-            batcher = Batcher(rt, finisher, slots, upload_q)
+            uploads = Uploads(rt, finisher, slots, http, api_url, api_key, validate_q, ledger)
+            batcher = Batcher(rt, finisher, slots, upload_q, ledger)
             try:
                 async with asyncio.TaskGroup() as tg:
                     tasks = [
                         self._task(tg, "watch",
                                    watch_inbox(rt, intake.wake, self.stop, intake.restart_watcher)),
                         self._task(tg, "intake", intake.run(validate_q, to_validate)),
-                        self._task(tg, "validate", validator(rt, finisher, validate_q, batch_q)),
+                        self._task(tg, "validate", validator(rt, finisher, ledger, validate_q, batch_q)),
                         self._task(tg, "batch", batcher.run(batch_q)),
                         self._task(tg, "heartbeat", self._heartbeat(rt)),
                         self._task(tg, "watchdog", watchdog_loop(self.notifier, rt)),

@@ -1,9 +1,12 @@
 """Upload: ``upload.concurrency`` workers take sealed batches and push them with resumable uploads.
 
-Order per batch: create the remote batch -> DB ``set_session`` (batch id + upload URL persisted before
-the first PUT) -> PUT chunks, DB ``set_offset`` after every confirmed chunk -> DB ``mark_uploaded`` ->
-finish (moves). On restart a batch in ``uploading`` resumes from the server's offset (status query);
-one in ``uploaded`` only has its moves completed, so nothing is uploaded twice.
+Order per batch: the shared session routine (:mod:`wodrop.upload.session`: create the remote batch ->
+DB ``set_session`` -> PUT spans, DB ``set_offset`` after each) -> the server holds every byte ->
+append the batch's ids to the delivered-ids ledger (``upload.ledgered``) -> DB ``mark_uploaded``
+(``upload.marked``) -> finish (moves). On restart a batch in ``uploading`` resumes from the server's
+offset (status query; a complete one answers 200 at once); one in ``uploaded`` only has its moves
+completed, so nothing is uploaded twice. A batch that fails unexpectedly is parked with a backoff and
+the workers go on with the others.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from pathlib import Path
 import aiohttp
 
 from wodrop import metrics
+from wodrop.failpoints import failpoint
+from wodrop.ledger import Delivery, Ledger
+from wodrop.lifecycle import BatchState, WorkOrderState
 from wodrop.logs import get_logger
-from wodrop.pipeline.batcher import SpoolSlots
+from wodrop.pipeline.batcher import SpoolSlots, discard
 from wodrop.pipeline.finish import Finisher
-from wodrop.pipeline.guard import survive
-from wodrop.redact import register_secret
+from wodrop.pipeline.guard import Isolation, next_item
 from wodrop.runtime import Runtime, UploadProgress
 from wodrop.state import BatchRow
 from wodrop.units import format_duration, format_size
@@ -35,8 +40,8 @@ from wodrop.upload.protocol import (
     UploadGaveUp,
     UploadRejected,
 )
+from wodrop.upload.session import SessionHooks, upload_session
 from wodrop.upload.transport import OnRetry, retry_policy
-from wodrop.upload.uploader import upload_archive
 
 log = get_logger("wodrop.upload")
 AUTH_RETRY_SECONDS = 60.0
@@ -53,8 +58,10 @@ class Uploads:
     """The upload stage: workers, shared bandwidth, and the pause while the API key is refused."""
 
     def __init__(self, runtime: Runtime, finisher: Finisher, slots: SpoolSlots, http: aiohttp.ClientSession,
-                 api_url: str, api_key: str, repack: asyncio.Queue[int]) -> None:
+                 api_url: str, api_key: str, repack: asyncio.Queue[int], ledger: Ledger) -> None:
         self.rt, self.db, self.finisher, self.slots = runtime, runtime.db, finisher, slots
+        self.ledger = ledger
+        self._guard: Isolation[int] = Isolation("upload", runtime.stuck, lambda b: f"batch {self._name(b)}")
         self.http, self.api_url, self.api_key = http, api_url, api_key
         #: the validation queue: work orders of an archive that went bad in the spool start over there
         self.repack = repack
@@ -87,11 +94,17 @@ class Uploads:
             self._auth_accepted()
             return
 
+    def _name(self, batch_id: int) -> str:
+        try:
+            return self.db.batch(batch_id).name
+        except Exception:  # the DB itself may be what failed
+            return f"#{batch_id}"
+
     async def worker(self, queue: asyncio.Queue[int]) -> None:
         while True:
-            batch_id = await queue.get()
-            if not await survive("upload", str(batch_id), self.upload_batch(batch_id)):
-                queue.put_nowait(batch_id)
+            batch_id = await next_item(queue, self._guard.parked)
+            if batch_id is not None:
+                await self._guard.run(batch_id, self.upload_batch(batch_id))
 
     async def _auth_refused(self, err: AuthRefused) -> None:
         """Don't fail work orders for a bad key: report it loudly, pause every worker, retry slowly."""
@@ -111,60 +124,72 @@ class Uploads:
         self.rt.auth_error, self.rt.api_key_accepted = None, True
         metrics.API_KEY_OK.set(1)
 
-    async def _open_session(self, row: BatchRow) -> BatchRow:
+    async def _open_session(self, row: BatchRow) -> tuple[str | None, str]:
         await self._auth_ok.wait()
         remote_id, url = await create_batch(self.http, self.api_url, self.api_key, row.name,
                                             retry=self._policy(), on_retry=self._on_retry(row))
-        register_secret(url)
         self._auth_accepted()
-        self.db.set_session(row.id, remote_id, url)
         log.info("upload_session_created", batch=row.name, remote_batch_id=remote_id)
-        return self.db.batch(row.id)
+        return remote_id, url
 
     async def _archive_lost(self, row: BatchRow, why: str) -> None:
         """The sealed archive vanished or changed in the spool (our own file, but a disk or a person
         can still damage it): never upload it; pack its work orders again from processing/."""
         log.error("batch_archive_lost", batch=row.name, error=why, action="packing its work orders again")
-        self.db.finish_batch(row.id, "discarded", error=why)
-        await asyncio.to_thread(Path(row.archive_path).unlink, missing_ok=True)
-        for wo_id in self.db.unassign_batch(row.id):
+        for wo_id in await discard(self.db, self.rt.cfg.paths.spool, row.id, Path(row.archive_path), why):
             await self.repack.put(wo_id)
+
+    def _hooks(self, row: BatchRow, progress: UploadProgress) -> SessionHooks:
+        def on_expired(e: SessionExpired) -> None:
+            metrics.RETRIES.labels(cause="session_expired").inc()
+            log.warning("upload_session_expired", batch=row.name, error=str(e),
+                        action="creating a new session, starting from byte 0")
+            progress.update(0)
+
+        def on_offset(offset: int) -> None:
+            metrics.BYTES_UPLOADED.inc(max(0, offset - progress.sent))
+            progress.update(offset)
+
+        def on_start(remote: str | None, known: int | None) -> None:
+            log.info("upload_started", batch=row.name, size=row.size, offset=known or 0,
+                     resumed=bool(known), remote_batch_id=remote)
+
+        return SessionHooks(open=lambda: self._open_session(self.db.batch(row.id)), on_expired=on_expired,
+                            on_offset=on_offset, on_retry=self._on_retry(row), on_start=on_start)
+
+    async def _record_delivery(self, row: BatchRow) -> None:
+        """The server holds the batch: tell every instance on the share (the ledger), before the DB."""
+        now = time.time()
+        await asyncio.to_thread(self.ledger.record, [
+            Delivery(wo.name, row.name, row.remote_batch_id, now, self.ledger.path.stem, wo.files, wo.bytes)
+            for wo in self.db.work_orders(batch_id=row.id, states=[WorkOrderState.BATCHED])
+        ])
+        failpoint("upload.ledgered")
 
     async def upload_batch(self, batch_id: int) -> None:
         row = self.db.batch(batch_id)
         assert row.size is not None
+        if row.state == BatchState.UPLOADED:  # uploaded before a crash or a failed move: only finish
+            await self.finisher.finish_batch(batch_id, ok=True)
+            await self.slots.release()
+            return
+        if row.state not in (BatchState.SEALED, BatchState.UPLOADING):
+            log.error("upload_skipped", batch=row.name, state=row.state, note="not waiting for an upload")
+            await self.slots.release()
+            return
         progress = UploadProgress(batch_id, row.name, row.size, row.committed_offset)
         self.rt.uploads[batch_id] = progress
         started = time.monotonic()
         try:
             while True:
                 row = self.db.batch(batch_id)
+                assert row.size is not None
                 try:
-                    if row.upload_url is None:
-                        row = await self._open_session(row)
-                    assert row.upload_url is not None and row.size is not None
-                    log.info("upload_started", batch=row.name, size=row.size, offset=row.committed_offset,
-                             resumed=row.committed_offset > 0)
-
-                    def on_offset(offset: int) -> None:
-                        metrics.BYTES_UPLOADED.inc(max(0, offset - progress.sent))
-                        self.db.set_offset(batch_id, offset)
-                        progress.update(offset)
-
-                    await upload_archive(
-                        self.http, Path(row.archive_path), row.upload_url, size=row.size,
+                    await upload_session(
+                        self.db, batch_id, self.http, Path(row.archive_path), self._hooks(row, progress),
                         chunk_size=self.rt.cfg.upload.chunk_size, retry=self._policy(), limiter=self.limiter,
-                        known_offset=row.committed_offset or None,
                         expected=_Digest(row.size, row.md5, row.crc32c),
-                        on_offset=on_offset, on_retry=self._on_retry(row),
                     )
-                except SessionExpired as e:
-                    metrics.RETRIES.labels(cause="session_expired").inc()
-                    log.warning("upload_session_expired", batch=row.name, error=str(e),
-                                action="creating a new session, starting from byte 0")
-                    self.db.clear_session(batch_id, str(e))
-                    progress.update(0)
-                    continue
                 except AuthRefused as e:
                     await self._auth_refused(e)
                     continue
@@ -181,7 +206,11 @@ class Uploads:
                     self.db.record_error(batch_id, str(e))
                     await asyncio.sleep(AUTH_RETRY_SECONDS)
                     continue
+                row = self.db.batch(batch_id)
+                assert row.size is not None
+                await self._record_delivery(row)
                 self.db.mark_uploaded(batch_id, row.size)
+                failpoint("upload.marked")
                 elapsed = time.monotonic() - started
                 metrics.UPLOAD_DURATION.observe(elapsed)
                 metrics.LAST_UPLOAD.set(time.time())

@@ -19,9 +19,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from wodrop import metrics
+from wodrop.lifecycle import BatchState
 from wodrop.redact import redact
 from wodrop.runtime import Runtime
-from wodrop.state import BATCH_STATES
 from wodrop.status.collect import LOOP_STALE_AFTER, collect_status
 from wodrop.status.page import render_page
 
@@ -31,7 +31,7 @@ FOLDERS = ("inbox", "processing", "done", "failed", "state")
 # Known label values, created at zero so that rate() and increase() alerts work from the first scrape.
 _KNOWN_LABELS = (
     (metrics.WORK_ORDERS, ("done", "invalid", "rejected")),
-    (metrics.BATCHES_SEALED, ("size", "count", "age", "single", "duplicate")),
+    (metrics.BATCHES_SEALED, ("size", "count", "age", "single", "duplicate", "space")),
     (metrics.RETRIES, ("timeout", "connection", "server_error", "throttled", "session_expired", "auth")),
 )
 _HEADERS = {
@@ -100,6 +100,7 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append(f"state DB {paths.db} does not answer")
     if rt.auth_error is not None:
         problems.append(f"API key refused by the platform: {rt.auth_error}")
+    problems += [f"{item} is stuck: {reason}" for item, reason in sorted(rt.stuck.items())]
     if rt.stopping:
         problems.append("shutting down")
     elif not rt.ready:
@@ -112,7 +113,7 @@ async def readyz(request: web.Request) -> web.Response:
 def refresh_gauges(rt: Runtime) -> None:
     """Gauges that mirror state rather than count events: set them just before a scrape."""
     counts = rt.db.counts()["batches"]
-    for state in BATCH_STATES:
+    for state in BatchState:
         metrics.BATCHES.labels(state).set(counts.get(state, 0))
     metrics.PENDING_FOLDERS.set(len(rt.pending))
     metrics.OLDEST_PENDING_AGE.set(rt.oldest_pending_age())
