@@ -16,6 +16,9 @@ os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
 # Secrets from the developer's shell must not leak into tests.
 for _name in ("CUSTOMER_API_KEY", "DEEPOMATIC_API_KEY", "WODROP_CONFIG", "CREDENTIALS_DIRECTORY"):
     os.environ.pop(_name, None)
+# Test configs use sub-second watch.settle for speed (wodrop.config: tests only, floor 100ms); inherited by
+# every wodrop subprocess. load_config(environ={...}) does not see it, so the 1s floor stays testable.
+os.environ["WODROP_UNSAFE_SHORT_SETTLE"] = "1"
 
 
 @pytest.fixture

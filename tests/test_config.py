@@ -6,12 +6,14 @@ import os
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import BaseModel
-from wodrop.config import Config, ConfigError, load_config
+from pydantic import BaseModel, ValidationError
+from wodrop.config import UNSAFE_SHORT_SETTLE_ENV, Config, ConfigError, WatchConfig, load_config
+from wodrop.units import parse_duration, parse_size
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "example.yaml"
@@ -86,6 +88,124 @@ def test_field_precise_errors(tmp_path: Path, text: str, environ: dict[str, str]
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, text), environ=environ)
     assert message in str(exc.value)
+
+
+def _unit_fields(parser: object) -> list[str]:
+    """``section.key`` of every config field parsed with ``parser`` (so a new one is covered too)."""
+    out = []
+    for section, info in Config.model_fields.items():
+        ann = info.annotation
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            continue
+        for key, field in ann.model_fields.items():
+            # Size/Duration, or Size | None (whose Annotated metadata stays inside the union)
+            metadata = [*field.metadata, *(m for arg in typing.get_args(field.annotation)
+                                           for m in getattr(arg, "__metadata__", ()))]
+            if any(getattr(m, "func", None) is parser for m in metadata):
+                out.append(f"{section}.{key}")
+    return out
+
+
+DURATIONS = _unit_fields(parse_duration)
+SIZES = _unit_fields(parse_size)
+
+
+def test_the_unit_fields_are_found() -> None:
+    assert {"watch.settle", "batch.max_age", "upload.read_timeout", "upload.retry_max_delay"} <= {*DURATIONS}
+    assert {"batch.max_bytes", "batch.min_free_space", "upload.max_bandwidth"} <= set(SIZES)
+
+
+def _one(field: str, value: str) -> str:
+    section, key = field.split(".")
+    return f"{section}: {{{key}: {value}}}\n"
+
+
+@pytest.mark.parametrize("value", [".nan", ".NaN", ".inf", "-.inf", "+.inf", "1" + "0" * 400,
+                                   "9" * 400 + "s"])
+@pytest.mark.parametrize("field", DURATIONS)
+def test_durations_must_be_finite(tmp_path: Path, field: str, value: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, _one(field, value)), environ={})
+    assert f"{field}: expected a finite duration like 30s" in str(exc.value)
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "1" + "0" * 400, "9" * 400 + "GiB",
+                                   str(2**63), "8388608TiB"])
+@pytest.mark.parametrize("field", SIZES)
+def test_sizes_must_be_finite(tmp_path: Path, field: str, value: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, _one(field, value)), environ={})
+    assert f"{field}: expected a finite size like 512MiB" in str(exc.value)
+
+
+def test_non_finite_env_overrides_are_refused_too() -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(None, environ={"WODROP__WATCH__SETTLE": ".nan", "WODROP__BATCH__MAX_BYTES": ".inf"})
+    assert "watch.settle: expected a finite duration like 30s" in str(exc.value)
+    assert "batch.max_bytes: expected a finite size like 512MiB" in str(exc.value)
+
+
+@pytest.mark.parametrize("settle", ["0", "0s", "0.5", "999ms", "0.99s"])
+def test_settle_below_one_second_is_refused(tmp_path: Path, settle: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, f"watch: {{settle: {settle}}}\n"), environ={})
+    assert "watch.settle: at least 1s, or a half-copied folder could be taken" in str(exc.value)
+    with pytest.raises(ConfigError, match=r"watch\.settle: at least 1s"):
+        load_config(None, environ={"WODROP__WATCH__SETTLE": settle})
+
+
+def test_settle_of_one_second_is_fine(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "watch: {settle: 1s}\n"), environ={}).watch.settle == 1.0
+
+
+def test_unsafe_short_settle_is_for_tests_and_still_has_a_floor(tmp_path: Path) -> None:
+    path = write(tmp_path, "watch: {settle: 0.3s}\n")
+    assert load_config(path, environ={UNSAFE_SHORT_SETTLE_ENV: "1"}).watch.settle == 0.3
+    for off in ({}, {UNSAFE_SHORT_SETTLE_ENV: ""}, {UNSAFE_SHORT_SETTLE_ENV: "0"}):
+        with pytest.raises(ConfigError, match=r"watch\.settle: at least 1s"):
+            load_config(path, environ=off)  # conftest sets it in os.environ: the given environ wins
+    unsafe = {UNSAFE_SHORT_SETTLE_ENV: "1"}
+    for value, message in (("0", "at least 100ms, even with"), ("50ms", "at least 100ms"),
+                           (".nan", "expected a finite duration")):
+        with pytest.raises(ConfigError, match=rf"watch\.settle: {message}"):
+            load_config(write(tmp_path, f"watch: {{settle: {value}}}\n"), environ=unsafe)
+
+
+def test_a_model_built_in_code_is_checked_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(UNSAFE_SHORT_SETTLE_ENV, raising=False)
+    with pytest.raises(ValidationError, match="at least 1s"):
+        WatchConfig(settle=0)
+    with pytest.raises(ValidationError, match="finite"):
+        WatchConfig(settle=float("nan"))
+    monkeypatch.setenv(UNSAFE_SHORT_SETTLE_ENV, "1")
+    assert WatchConfig(settle=0.2).settle == 0.2
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("watch: {poll_interval: 0}", "watch.poll_interval: at least 100ms"),
+    ("watch: {poll_interval: 50ms}", "watch.poll_interval: at least 100ms"),
+    ("watch: {rescan_interval: 0}", "watch.rescan_interval: at least 1s"),
+    ("watch: {rescan_interval: 500ms}", "watch.rescan_interval: at least 1s"),
+    ("batch: {max_age: 0}", "batch.max_age: at least 100ms"),
+    ("upload: {connect_timeout: 0}", "upload.connect_timeout: at least 100ms: 0 would turn the timeout off"),
+    ("upload: {read_timeout: 0s}", "upload.read_timeout: at least 100ms: 0 would turn the timeout off"),
+    ("upload: {retry_initial_delay: 0}", "upload.retry_initial_delay: at least 10ms"),
+    ("upload: {retry_max_delay: 0ms}", "upload.retry_max_delay: at least 10ms"),
+    ("upload: {retry_max_delay: -1}", "upload.retry_max_delay: expected a duration like 30s or 5m, not a"),
+])
+def test_durations_where_zero_is_harmful_have_a_floor(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, text), environ={UNSAFE_SHORT_SETTLE_ENV: "1"})
+    assert message in str(exc.value)
+
+
+def test_the_floors_themselves_are_accepted(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, """
+watch: {settle: 1s, poll_interval: 100ms, rescan_interval: 1s}
+batch: {max_age: 100ms}
+upload: {connect_timeout: 100ms, read_timeout: 0.1, retry_initial_delay: 10ms, retry_max_delay: 10ms}
+"""), environ={})
+    assert (cfg.watch.poll_interval, cfg.batch.max_age, cfg.upload.retry_max_delay) == (0.1, 0.1, 0.01)
 
 
 def test_every_problem_is_listed(tmp_path: Path) -> None:

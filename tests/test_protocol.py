@@ -21,12 +21,15 @@ from wodrop.upload.protocol import (
     RetryState,
     ServerCopy,
     SessionExpired,
+    UnusableAnswer,
     UploadGaveUp,
     UploadRejected,
     backoff_delay,
     check_server_copy,
+    classify_api_answer,
     classify_status,
     content_range,
+    describe_body,
     detail_text,
     parse_range,
     parse_retry_after,
@@ -335,3 +338,115 @@ def test_retry_forever_when_max_retries_is_none() -> None:
 
 def test_auth_refused_message() -> None:
     assert str(AuthRefused(401)) == "the platform refused the API key (HTTP 401): check CUSTOMER_API_KEY"
+
+
+# ---- platform API answers: glitch or verdict ------------------------------------------------------
+
+PROXY_PAGE = (b"<!DOCTYPE html>\n<html><head><title>502 &amp; Bad\n Gateway</title></head>"
+              b"<body>nginx</body></html>")
+
+
+def api_retry(status: int, body: bytes = b"", **headers: str) -> Retry | None:
+    return classify_api_answer(status, headers, body, now=NOW)
+
+
+@pytest.mark.parametrize("status", [200, 201, 204, 299])
+def test_api_2xx_is_for_the_caller_to_read(status: int) -> None:
+    assert api_retry(status, b"<html>whatever</html>") is None  # content: UnusableAnswer from the parser
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_api_auth_refusals_are_for_the_caller(status: int) -> None:
+    assert api_retry(status, b'{"detail": "Invalid token."}') is None  # AuthRefused
+    assert api_retry(status, PROXY_PAGE) is None
+
+
+@pytest.mark.parametrize("status", [400, 405, 409, 410, 413, 415, 422, 499])
+def test_api_4xx_with_the_platforms_json_error_is_a_verdict(status: int) -> None:
+    assert api_retry(status, b'{"detail": "filename is too long"}') is None
+    assert api_retry(status, b'{"filename": ["This field is required."]}') is None
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 304, 307, 308])
+def test_api_redirects_are_glitches(status: int) -> None:
+    retry = api_retry(status, b"", Location="https://sso.example/login?ticket=ST-0123456789abcdef#frag")
+    assert retry is not None and retry.cause == "server_error"
+    assert retry.message == (f"the platform API answered HTTP {status}, a redirect to "
+                             "https://sso.example/login (check api.url); retrying")
+    bare = api_retry(status)
+    assert bare is not None and bare.message == (f"the platform API answered HTTP {status}, a redirect "
+                                                 "(check api.url); retrying")
+
+
+@pytest.mark.parametrize(("status", "body", "ctype", "kind"), [
+    (400, PROXY_PAGE, "text/html; charset=utf-8", "an HTML page ('502 & Bad Gateway')"),
+    (400, b"<html><body>no title</body></html>", None, "an HTML page"),
+    (413, b"Request Entity Too Large", "text/plain", "a text/plain body that is not JSON"),
+    (409, b"", None, "an empty body"),
+    (422, b'["not", "an", "object"]', "application/json", "a JSON array"),
+    (404, PROXY_PAGE, "text/html", "an HTML page ('502 & Bad Gateway')"),
+])
+def test_api_4xx_without_the_platforms_json_error_is_a_glitch(
+    status: int, body: bytes, ctype: str | None, kind: str
+) -> None:
+    retry = classify_api_answer(status, {"Content-Type": ctype} if ctype else {}, body, now=NOW)
+    hint = " (check api.url)" if status == 404 else ""
+    assert retry == Retry("server_error", f"the platform API answered HTTP {status} with {kind}, not the "
+                                          f"platform's own error{hint}; retrying")
+
+
+def test_api_404_is_never_a_verdict_even_in_json() -> None:
+    retry = api_retry(404, b'{"detail": "Not found."}')
+    assert retry == Retry("server_error", "the platform API answered HTTP 404: Not found. (check api.url); "
+                                          "retrying")
+
+
+@pytest.mark.parametrize(("status", "cause"), [(408, "timeout"), (429, "throttled"), (500, "server_error"),
+                                               (502, "server_error"), (503, "server_error")])
+def test_api_transient_statuses_stay_transient(status: int, cause: str) -> None:
+    for body in (b"", b'{"detail": "busy"}', PROXY_PAGE):
+        retry = api_retry(status, body)
+        assert retry is not None and retry.cause == cause
+
+
+@pytest.mark.parametrize("status", [100, 199, 600, 999])
+def test_api_odd_statuses_are_glitches(status: int) -> None:
+    retry = api_retry(status, b'{"detail": "?"}')
+    assert retry is not None and retry.cause == "server_error"
+
+
+def test_api_statuses_the_caller_handles() -> None:
+    assert api_retry(404) is not None
+    assert classify_api_answer(404, {}, b"", now=NOW, handled=frozenset({404, 405})) is None
+
+
+def test_api_glitch_messages_are_redacted() -> None:
+    from wodrop.redact import register_secret
+
+    register_secret("https://sso.example/login/tok-9f8e7d6c5b4a39281706")
+    retry = api_retry(302, Location="https://sso.example/login/tok-9f8e7d6c5b4a39281706?next=/")
+    assert retry is not None and "tok-9f8e7d6c5b4a39281706" not in retry.message
+    title = b"<html><title>session https://sso.example/login/tok-9f8e7d6c5b4a39281706 expired</title></html>"
+    assert "tok-9f8e7d6c5b4a39281706" not in describe_body(title)
+
+
+def test_describe_body() -> None:
+    assert describe_body(b"  \n") == "an empty body"
+    assert describe_body(b"<html><head><title>" + b"x" * 500 + b"</title>") == f"an HTML page ('{'x' * 79}…')"
+    assert describe_body(b"<!-- proxy --><p>hi</p>") == "an HTML page"
+    assert describe_body(b"\xff\xfe garbage") == "a body that is not JSON"
+    assert describe_body(b"{}") == "a JSON object"
+    assert describe_body(b'"ok"') == "the JSON value \"ok\""
+
+
+def test_unusable_answer_is_a_retry_and_its_give_up_message_reads_well() -> None:
+    glitch = UnusableAnswer("the platform API answered HTTP 200 without an upload_url")
+    assert not isinstance(glitch, UploadRejected)
+    assert glitch.retry == Retry("server_error", "the platform API answered HTTP 200 without an upload_url; "
+                                                 "retrying")
+    state = RetryState(RetryPolicy(initial_delay=0.01, max_delay=0.01, max_retries=1))
+    state.failed(glitch.retry, 0.5)
+    with pytest.raises(UploadGaveUp) as e:
+        state.failed(glitch.retry, 0.5)
+    assert str(e.value) == ("the platform API answered HTTP 200 without an upload_url, "
+                            "gave up after 2 attempts")

@@ -3,6 +3,12 @@
 Errors name the field and what was expected (``batch.max_bytes: expected a size like 512MiB``) so an
 operator can fix the file without reading code. Secrets never live in the YAML: the API key comes from
 the environment, a key file or a systemd credential (see ``wodrop.secrets``).
+
+Sizes and durations must be finite (``.nan``/``.inf`` are refused), and durations where 0 would be
+harmful have a floor: ``watch.settle`` at least 1s (a shorter one can take a half-copied folder),
+polling and rescans, ``batch.max_age``, timeouts (0 turns an aiohttp timeout off) and retry delays (0
+hammers a failing server). Tests only: ``WODROP_UNSAFE_SHORT_SETTLE=1`` lowers the settle floor to
+100ms so end-to-end runs stay fast; never set it in production.
 """
 
 from __future__ import annotations
@@ -13,9 +19,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
-from wodrop.units import parse_duration, parse_size
+from wodrop.units import format_duration, parse_duration, parse_size
 
 CONFIG_ENV = "WODROP_CONFIG"
 ENV_PREFIX = "WODROP__"
@@ -23,6 +37,37 @@ DEFAULT_DATA_DIR = Path("wodrop-data")
 
 Size = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+#: tests only: lowers the ``watch.settle`` floor to MIN_SETTLE_UNSAFE (end-to-end runs use 0.3-0.8s)
+UNSAFE_SHORT_SETTLE_ENV = "WODROP_UNSAFE_SHORT_SETTLE"
+MIN_SETTLE = 1.0
+MIN_SETTLE_UNSAFE = 0.1
+MIN_POLL_INTERVAL = 0.1
+MIN_RESCAN_INTERVAL = 1.0
+MIN_MAX_AGE = 0.1
+MIN_TIMEOUT = 0.1
+MIN_RETRY_DELAY = 0.01
+
+
+def _human(seconds: float) -> str:
+    """``1s``, ``100ms``: a floor as an operator would write it."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s" if seconds < 60 else format_duration(seconds)
+
+
+def _at_least(value: float, floor: float, why: str) -> float:
+    if value < floor:
+        raise ValueError(f"at least {_human(floor)}{why}")
+    return value
+
+
+def short_settle_allowed(info: ValidationInfo | None = None) -> bool:
+    """Whether ``WODROP_UNSAFE_SHORT_SETTLE`` is on, in the environment ``load_config`` was given
+    (passed as validation context) or else the process's."""
+    context = info.context if info is not None and isinstance(info.context, dict) else {}
+    environ = context.get("environ", os.environ)
+    return str(environ.get(UNSAFE_SHORT_SETTLE_ENV, "")).strip().lower() in ("1", "true", "yes", "on")
 
 
 class ConfigError(Exception):
@@ -59,6 +104,23 @@ class WatchConfig(_Section):
     rescan_interval: Duration = 30.0
     extra_temp_patterns: list[str] = Field(default_factory=list)
 
+    @field_validator("settle")
+    @classmethod
+    def _settle_floor(cls, v: float, info: ValidationInfo) -> float:
+        if short_settle_allowed(info):
+            return _at_least(v, MIN_SETTLE_UNSAFE, f", even with {UNSAFE_SHORT_SETTLE_ENV} set")
+        return _at_least(v, MIN_SETTLE, ", or a half-copied folder could be taken")
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _poll_floor(cls, v: float) -> float:
+        return _at_least(v, MIN_POLL_INTERVAL, ", or polling would keep the share and a CPU busy")
+
+    @field_validator("rescan_interval")
+    @classmethod
+    def _rescan_floor(cls, v: float) -> float:
+        return _at_least(v, MIN_RESCAN_INTERVAL, ", or rescans would keep the share and a CPU busy")
+
     @field_validator("ready_marker")
     @classmethod
     def _marker_is_a_name(cls, v: str | None) -> str | None:
@@ -94,6 +156,11 @@ class BatchConfig(_Section):
     max_sealed: int = Field(default=4, ge=1, description="sealed batches waiting in the spool")
     min_free_space: Size = 1024**3
 
+    @field_validator("max_age")
+    @classmethod
+    def _age_floor(cls, v: float) -> float:
+        return _at_least(v, MIN_MAX_AGE, ", or every work order would be sent in an archive of its own")
+
 
 class UploadConfig(_Section):
     concurrency: int = Field(default=2, ge=1, le=64)
@@ -105,6 +172,17 @@ class UploadConfig(_Section):
     retry_max_delay: Duration = 60.0
     max_retries: int = Field(default=10, ge=0, description="consecutive failures before `upload` gives up")
     ca_bundle: Path | None = None
+
+    @field_validator("connect_timeout", "read_timeout")
+    @classmethod
+    def _timeout_floor(cls, v: float) -> float:
+        return _at_least(v, MIN_TIMEOUT, ": 0 would turn the timeout off and let a silent server stall "
+                                         "uploads forever")
+
+    @field_validator("retry_initial_delay", "retry_max_delay")
+    @classmethod
+    def _retry_floor(cls, v: float) -> float:
+        return _at_least(v, MIN_RETRY_DELAY, ", or a failing server would be hammered with retries")
 
     @field_validator("chunk_size")
     @classmethod
@@ -241,7 +319,7 @@ def load_config(path: Path | None = None, environ: dict[str, str] | None = None)
         data = loaded
     data = _merge(data, _env_overrides(environ))
     try:
-        cfg = Config.model_validate(data)
+        cfg = Config.model_validate(data, context={"environ": environ})
     except ValidationError as e:
         where = f"{path}: " if path else ""
         lines = [_describe(dict(err)) for err in e.errors()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _SIZE_UNITS = {
@@ -21,36 +22,59 @@ _SIZE_UNITS = {
     "tib": 1024**4,
 }
 _DURATION_UNITS = {"": 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+#: larger sizes are refused like infinity (they fit no float, and no disk)
+_SIZE_MAX = 2**63 - 1
 _NUMBER_UNIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 
 
 def parse_size(value: object) -> int:
-    """Bytes from an int or a string like ``512MiB``; raises ValueError with the expected form."""
+    """Bytes from an int or a string like ``512MiB``; raises ValueError with the expected form.
+
+    ``.nan``, ``.inf`` and numbers too big for a float are refused: a size must be finite."""
     if isinstance(value, bool):
         raise ValueError("expected a size like 512MiB")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("expected a finite size like 512MiB")
     if isinstance(value, int):
         if value < 0:
             raise ValueError("expected a size like 512MiB, not a negative number")
+        if value > _SIZE_MAX:
+            raise ValueError("expected a finite size like 512MiB")
         return value
     if isinstance(value, str):
         m = _NUMBER_UNIT.match(value)
         if m and m.group(2).lower() in _SIZE_UNITS:
-            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+            size = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+            if not math.isfinite(size) or size > _SIZE_MAX:
+                raise ValueError("expected a finite size like 512MiB")
+            return int(size)
     raise ValueError("expected a size like 512MiB")
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from a number or a string like ``30s``, ``5m``, ``1h``."""
+    """Seconds from a number or a string like ``30s``, ``5m``, ``1h``.
+
+    ``.nan``, ``.inf`` and numbers too big for a float are refused: a duration must be finite (NaN
+    compares false with everything, so a NaN ``watch.settle`` would let any folder through)."""
     if isinstance(value, bool):
         raise ValueError("expected a duration like 30s or 5m")
     if isinstance(value, int | float):
-        if value < 0:
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond a float's range
+            seconds = math.inf
+        if not math.isfinite(seconds):
+            raise ValueError("expected a finite duration like 30s")
+        if seconds < 0:
             raise ValueError("expected a duration like 30s or 5m, not a negative number")
-        return float(value)
+        return seconds
     if isinstance(value, str):
         m = _NUMBER_UNIT.match(value)
         if m and m.group(2).lower() in _DURATION_UNITS:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+            if not math.isfinite(seconds):
+                raise ValueError("expected a finite duration like 30s")
+            return seconds
     raise ValueError("expected a duration like 30s or 5m")
 
 
