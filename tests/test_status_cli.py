@@ -7,9 +7,12 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from helpers.statusdb import API_KEY, UPLOAD_URL, populate, write_config
+from wodrop.status.collect import iso
+from wodrop.waiting import WaitingFolder, save, waiting_path
 
 REPO = Path(__file__).resolve().parent.parent
 SECRETS = (API_KEY, UPLOAD_URL, "SECRET-UPLOAD-ID")
@@ -70,3 +73,45 @@ def test_no_state_yet_is_not_an_error(tmp_path: Path) -> None:
     data = json.loads(wodrop_status(config, "--json").stdout)
     assert data["batches"] == [] and data["failures"] == [] and "no state yet" in data["health"]["reason"]
     assert not (tmp_path / "state").exists()  # looking did not create anything
+
+
+def test_waiting_folders_from_the_daemons_waiting_list(tmp_path: Path) -> None:
+    """The daemon leaves its waiting list in the state folder; `wodrop status` shows the oldest first,
+    with how long and why, and says how many more there are."""
+    fx = populate(tmp_path)
+    fx.db.close()
+    now = time.time()
+    entries = [
+        WaitingFolder(os.fsdecode(b"WO_\xff\x1b[31m"), now - 3700,
+                      "cannot move it: permission denied. The user wodrop runs as needs write permission"),
+        WaitingFolder("WO_copying", now - 125,
+                      "a temporary file is present (A-1.jpg.part): still being copied"),
+        *(WaitingFolder(f"WO_settling_{i:02d}", now - 60 + i, "settling: no change for 3 s yet, 27 s left")
+          for i in range(28)),
+    ]
+    save(waiting_path(fx.cfg.paths.state), reversed(entries), now=now - 2)
+
+    r = wodrop_status(fx.config_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Waiting in the inbox ("))
+    assert lines[start].startswith("Waiting in the inbox (30, as of ") and lines[start].endswith("s ago):")
+    header, first, second, third = lines[start + 1:start + 5]
+    assert header.split() == ["FOLDER", "WAITING", "WHY"]
+    assert first.split()[:2] == ["WO_\\xff\\x1b[31m", "1h01m"]  # no raw escape reaches the terminal
+    assert first.endswith("cannot move it: permission denied. The user wodrop runs as needs write permission")
+    assert second.split()[:2] == ["WO_copying", "2m05s"] and second.endswith("still being copied")
+    assert third.split()[0] == "WO_settling_00"
+    assert lines[start + 22] == "  … and 10 more"  # 20 shown
+    assert "\x1b" not in r.stdout
+
+    data = json.loads(wodrop_status(fx.config_path, "--json").stdout)
+    inbox = data["inbox"]
+    assert inbox["waiting_total"] == 30 and len(inbox["waiting"]) == 30
+    assert inbox["waiting"][0] == {"name": "WO_\\xff\x1b[31m", "since": iso(now - 3700),
+                                   "reason": entries[0].reason}
+    assert inbox["waiting_as_of"] == iso(now - 2)
+
+    waiting_path(fx.cfg.paths.state).write_bytes(b"\x00garbled")
+    r = wodrop_status(fx.config_path)
+    assert r.returncode == 0 and "Waiting in the inbox" not in r.stdout

@@ -12,7 +12,9 @@ import aiohttp
 import pytest
 from helpers.statusdb import API_KEY, UPLOAD_URL, StatusFixture, populate
 from prometheus_client.parser import text_string_to_metric_families
+from wodrop.status.collect import WAITING_SHOWN
 from wodrop.status.server import parse_listen, start_status_server
+from wodrop.waiting import WaitingFolder
 
 SECRETS = (API_KEY, UPLOAD_URL, "SECRET-UPLOAD-ID")
 EXPECTED_FAMILIES = {
@@ -139,7 +141,8 @@ async def test_api_status_shape(served: Served) -> None:
     assert [f["work_order"] for f in data["failures"]] == ["WO_rejected", "WO_bad_<script>"]
     assert [e["code"] for e in data["failures"][1]["errors"]] == ["bad_image_name", "empty_file"]
     assert data["failures"][1]["stage"] == "validation"
-    assert data["inbox"] == {"pending": 3, "oldest_pending_age_s": pytest.approx(125, abs=5)}
+    assert data["inbox"] == {"pending": 3, "oldest_pending_age_s": pytest.approx(125, abs=5), "waiting": [],
+                             "waiting_total": 0, "waiting_as_of": None}
     assert data["counts"]["work_orders"] == {"done": 3, "batched": 2, "failed": 2}
     assert data["failed_today"] == 2
     assert data["daemon"]["watcher"] == "events" and data["daemon"]["ready"] is True
@@ -164,6 +167,47 @@ async def test_no_secret_in_any_endpoint_and_names_are_escaped(served: Served) -
     page = (await served.get("/"))[1]
     assert "WO_bad_<script>" not in page and "WO_bad_&lt;script&gt;" in page
     assert "«redacted»" in page  # the planted secrets were there to be masked
+
+
+async def test_waiting_folders_in_the_api_and_on_the_page(served: Served) -> None:
+    now = time.time()
+    raw = os.fsdecode(b"WO_\xfe")
+    served.fx.runtime.waiting = {
+        "WO_<script>alert(1)</script>": WaitingFolder(
+            "WO_<script>alert(1)</script>", now - 125, "a temporary file is present (<i>x</i>.part): still "
+            "being copied"),
+        raw: WaitingFolder(raw, now - 10, f"cannot move it: permission denied ({UPLOAD_URL})"),
+    }
+    async with served.http.get(served.url + "/api/status") as r:
+        data = await r.json()
+    first, second = data["inbox"]["waiting"]
+    assert first["name"] == "WO_<script>alert(1)</script>"  # JSON is not HTML: escaped by the page only
+    assert first["reason"] == "a temporary file is present (<i>x</i>.part): still being copied"
+    assert second["name"] == "WO_\\xfe"
+    assert second["reason"].startswith("cannot move it: permission denied (")
+    assert UPLOAD_URL not in second["reason"]
+    assert data["inbox"]["waiting_total"] == 2 and data["inbox"]["waiting_as_of"] is None
+
+    _, page, _ = await served.get("/")
+    section = page[page.index("<h2>Waiting in the inbox</h2>"):page.index("<h2>Recent failures</h2>")]
+    assert "<script>" not in page and "<i>" not in page
+    assert "WO_&lt;script&gt;alert(1)&lt;/script&gt;" in section
+    assert "a temporary file is present (&lt;i&gt;x&lt;/i&gt;.part): still being copied" in section
+    assert "WO_\\xfe" in section and "2m05s ago" in section
+    assert section.index("WO_&lt;script") < section.index("WO_\\xfe")  # oldest first
+    for secret in SECRETS:
+        assert secret not in page
+    assert "… and" not in section  # all of them are shown
+
+    served.fx.runtime.waiting = {f"WO_{i}": WaitingFolder(f"WO_{i}", now - i, "empty folder")
+                                 for i in range(WAITING_SHOWN + 7)}
+    _, page, _ = await served.get("/")
+    section = page[page.index("<h2>Waiting in the inbox</h2>"):page.index("<h2>Recent failures</h2>")]
+    assert section.count("<tr>") == WAITING_SHOWN + 1 and "… and 7 more" in section
+
+    served.fx.runtime.waiting.clear()
+    served.fx.runtime.pending.clear()
+    assert "Nothing is waiting in the inbox." in (await served.get("/"))[1]
 
 
 def test_parse_listen() -> None:

@@ -20,6 +20,9 @@ from wodrop.state import StateDB, StateError
 from wodrop.status.collect import collect_status, empty_status
 from wodrop.units import format_duration, format_size
 
+#: the human output lists this many waiting folders (oldest first), then "… and K more"
+WAITING_SHOWN = 20
+
 
 def _clean(value: object) -> str:
     """Redacted, with control characters escaped: folder names must not drive the terminal."""
@@ -27,10 +30,31 @@ def _clean(value: object) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
-def _ago(ts: str | None) -> str:
+def _age(ts: str | None) -> str:
     if not ts:
         return "-"
-    return f"{format_duration((datetime.now(UTC) - datetime.fromisoformat(ts)).total_seconds())} ago"
+    return format_duration((datetime.now(UTC) - datetime.fromisoformat(ts)).total_seconds())
+
+
+def _ago(ts: str | None) -> str:
+    return f"{_age(ts)} ago" if ts else "-"
+
+
+def _waiting(inbox: dict[str, Any] | None) -> list[str]:
+    """The folders waiting in the inbox, oldest first: name, for how long, and why."""
+    if inbox is None:
+        return []  # no daemon has told us (no waiting list in the state folder)
+    entries = (inbox.get("waiting") or [])[:WAITING_SHOWN]
+    total = max(inbox.get("waiting_total") or 0, len(entries))
+    as_of = f", as of {_ago(inbox['waiting_as_of'])}" if inbox.get("waiting_as_of") else ""
+    if not total:
+        return [f"Waiting in the inbox: none{as_of}", ""]
+    lines = [f"Waiting in the inbox ({total}{as_of}):"]
+    rows = [[_clean(w["name"]), _age(w["since"]), _clean(w["reason"])] for w in entries]
+    lines += ["  " + r for r in _table(["FOLDER", "WAITING", "WHY"], rows)]
+    if total > len(entries):
+        lines.append(f"  … and {total - len(entries)} more")
+    return [*lines, ""]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -46,6 +70,7 @@ def _sent(b: dict[str, Any]) -> str:
 
 def render_text(status: dict[str, Any]) -> str:
     lines = [f"Health: {_clean(status['health']['reason'])}", ""]
+    lines += _waiting(status["inbox"])
     if status["batches"]:
         lines.append("Batches (active first, then recent):")
         rows = [

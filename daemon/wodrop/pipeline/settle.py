@@ -8,7 +8,10 @@ other (as part of the signature), never with the local clock: shares have skew a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from wodrop.waiting import display_name
 
 Signature = tuple[tuple[str, int, int, int], ...]
 
@@ -20,6 +23,9 @@ class FolderSnapshot:
     signature: Signature
     has_temp: bool
     has_marker: bool
+    #: the first temp-looking file's relative path (name order), to say which one; None when
+    #: ``has_temp`` only means files vanished while the scan looked
+    temp_name: str | None = None
 
 
 @dataclass
@@ -28,6 +34,7 @@ class _Track:
     first_seen: float
     stable_since: float
     held: bool = False
+    last: FolderSnapshot | None = None  # the latest snapshot, for :meth:`Settler.reason`
 
 
 @dataclass
@@ -49,6 +56,7 @@ class Settler:
                 track = self._tracks[name] = _Track(snap.signature, now, now)
             elif track.signature != snap.signature:
                 track.signature, track.stable_since, track.held = snap.signature, now, False
+            track.last = snap
             if self._complete(track, snap, now):
                 ready.append((track.first_seen, name))
         return [name for _, name in sorted(ready)]
@@ -59,6 +67,33 @@ class Settler:
         if snap.has_temp or not snap.signature:
             return False
         return now - track.stable_since >= self.settle
+
+    def reason(self, name: str, now: float) -> str:
+        """Why the tracked folder ``name`` is not ready, in words, as of the last :meth:`update` and the
+        monotonic time ``now`` (pure: no I/O, no clock). A folder that is ready says so: the intake
+        words why it is still not claimed (paused, a same-named work order in processing...)."""
+        track = self._tracks.get(name)
+        if track is None or track.last is None:
+            return "not scanned yet"
+        snap = track.last
+        if self.ready_marker is not None and not snap.has_marker:
+            return f"no ready marker yet (waiting for {display_name(self.ready_marker)})"
+        if snap.has_temp:
+            if snap.temp_name is None:
+                return "files appeared or vanished while it was scanned: still being copied"
+            return f"a temporary file is present ({display_name(snap.temp_name)}): still being copied"
+        if self.ready_marker is not None:
+            return "ready: waiting to be claimed"
+        if not snap.signature:
+            return "empty folder"
+        quiet = max(0.0, now - track.stable_since)
+        left = self.settle - quiet
+        if left <= 0:
+            return "ready: waiting to be claimed"
+        left_s = max(1, math.ceil(left))  # never "0 s left" while not ready
+        if track.held:
+            return f"an image still ends in zeros (still being copied?): waiting {left_s} s more"
+        return f"settling: no change for {math.floor(quiet)} s yet, {left_s} s left"
 
     def hold(self, name: str, now: float) -> bool:
         """A settled folder looks mid-copy (a pre-sized image with a zero tail): wait one more settle

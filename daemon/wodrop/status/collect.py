@@ -8,17 +8,21 @@ columns are not read, and every string still passes through :func:`wodrop.redact
 
 from __future__ import annotations
 
+import heapq
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+from wodrop import waiting
+from wodrop.lifecycle import ACTIVE_BATCH_STATES, FINISHED_BATCH_STATES, BatchState, WorkOrderState
 from wodrop.redact import redact_value, register_secret
 from wodrop.runtime import Runtime
-from wodrop.state import ACTIVE_BATCH_STATES, BatchRow, StateDB, WorkOrderRow
+from wodrop.state import BatchRow, StateDB, WorkOrderRow
 
-FINISHED_BATCH_STATES = ("done", "failed", "discarded")
 #: /healthz and the page call the loop stuck when the pipeline's tick is older than this
 LOOP_STALE_AFTER = 30.0
+#: ``inbox.waiting`` lists at most this many folders, oldest first (``inbox.waiting_total`` has them all)
+WAITING_SHOWN = 200
 
 
 def iso(ts: float | None) -> str | None:
@@ -36,7 +40,8 @@ def _batch(row: BatchRow, runtime: Runtime | None) -> dict[str, Any]:
     register_secret(row.upload_url)  # masks it in any stored error message that quotes it
     live = runtime.uploads.get(row.id) if runtime else None
     total = row.size if row.size is not None else (live.total if live else None)
-    sent = row.size if row.state in ("uploaded", "done") and row.size is not None else row.committed_offset
+    whole = row.state in (BatchState.UPLOADED, BatchState.DONE) and row.size is not None
+    sent = row.size if whole and row.size is not None else row.committed_offset
     rate = eta = None
     if live is not None:
         sent, rate = max(sent, live.sent), live.rate
@@ -78,6 +83,37 @@ def _failure(row: WorkOrderRow) -> dict[str, Any]:
     }
 
 
+def _waiting(w: waiting.WaitingFolder) -> dict[str, Any]:
+    return {"name": waiting.display_name(w.name), "since": iso(w.since),
+            "reason": waiting.display_name(w.reason)}
+
+
+def _inbox(db: StateDB, runtime: Runtime | None, now: float) -> dict[str, Any] | None:
+    """The inbox backlog and why each folder waits: live from the runtime inside the daemon; else (in
+    ``wodrop status``) as of the daemon's last ``waiting.json`` in the state folder, the DB's folder
+    (None when there is no such file, or it cannot be read)."""
+    if runtime is not None:
+        entries = list(runtime.waiting.values())
+        as_of = None
+        pending, oldest = len(runtime.pending), runtime.oldest_pending_age()
+    else:
+        loaded = waiting.load(waiting.waiting_path(db.path.parent))
+        if loaded is None:
+            return None
+        written_at, entries = loaded
+        as_of = iso(written_at)
+        pending = len(entries)
+        oldest = max(0.0, now - min(w.since for w in entries)) if entries else 0.0
+    shown = heapq.nsmallest(WAITING_SHOWN, entries, key=lambda w: (w.since, w.name))
+    return {
+        "pending": pending,
+        "oldest_pending_age_s": round(oldest, 1),
+        "waiting": [_waiting(w) for w in shown],
+        "waiting_total": len(entries),
+        "waiting_as_of": as_of,
+    }
+
+
 def _daemon(runtime: Runtime, now_mono: float) -> dict[str, Any]:
     return {
         "started_at": iso(runtime.started_at),
@@ -94,7 +130,7 @@ def _daemon(runtime: Runtime, now_mono: float) -> dict[str, Any]:
 def _health(status: dict[str, Any]) -> dict[str, str]:
     """Overall verdict for a person: ``ok`` (green), ``warn`` (amber) or ``error`` (red), with why."""
     d = status["daemon"]
-    uploading = [b for b in status["batches"] if b["state"] == "uploading"]
+    uploading = [b for b in status["batches"] if b["state"] == BatchState.UPLOADING]
     if d is not None:
         if d["auth_error"]:
             return {"level": "error", "reason": "Uploads paused: the platform refused the API key "
@@ -133,22 +169,20 @@ def _plural(n: int, word: str) -> str:
 
 def collect_status(db: StateDB, runtime: Runtime | None = None, *, recent: int = 20) -> dict[str, Any]:
     """Snapshot: active batches then the ``recent`` latest finished ones, the ``recent`` latest
-    failures, counts by state, and with a runtime the inbox backlog and daemon state."""
+    failures, counts by state, and with a runtime the inbox backlog and daemon state (without one,
+    the inbox as of the daemon's last ``waiting.json``, when there is one)."""
     now, now_mono = time.time(), time.monotonic()
     rows = db.batches(ACTIVE_BATCH_STATES)[::-1]
     failures: list[WorkOrderRow] = []
     if recent > 0:  # the DB reads limit=0 as "no limit"
         rows += db.batches(FINISHED_BATCH_STATES, limit=recent)
-        failures = db.work_orders(states=["failed"], limit=recent, newest_first=True)
+        failures = db.work_orders(states=[WorkOrderState.FAILED], limit=recent, newest_first=True)
     status: dict[str, Any] = {
         "generated_at": iso(now),
         "daemon": _daemon(runtime, now_mono) if runtime else None,
-        "inbox": {
-            "pending": len(runtime.pending),
-            "oldest_pending_age_s": round(runtime.oldest_pending_age(), 1),
-        } if runtime else None,
+        "inbox": _inbox(db, runtime, now),
         "counts": db.counts(),
-        "failed_today": db.count_finished_since("failed", _local_midnight(now)),
+        "failed_today": db.count_finished_since(WorkOrderState.FAILED, _local_midnight(now)),
         "batches": [_batch(r, runtime) for r in rows],
         "failures": [_failure(r) for r in failures],
     }
@@ -177,7 +211,7 @@ def summary_line(status: dict[str, Any]) -> str:
     if status["inbox"] is not None:
         parts.append(f"{status['inbox']['pending']} pending")
     for b in status["batches"]:
-        if b["state"] == "uploading":
+        if b["state"] == BatchState.UPLOADING:
             pct = f"{b['percent']:.0f}%" if b["percent"] is not None else "?%"
             rate = f" at {b['rate_bytes_per_s'] / 2**20:.1f} MiB/s" if b["rate_bytes_per_s"] else ""
             parts.append(f"uploading {b['name']}: {pct}{rate}")

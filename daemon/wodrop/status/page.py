@@ -13,6 +13,7 @@ from pathlib import PurePath
 from typing import Any
 
 from wodrop import __version__
+from wodrop.lifecycle import ACTIVE_BATCH_STATES, BatchState
 from wodrop.redact import redact
 from wodrop.units import format_duration, format_size
 
@@ -134,6 +135,32 @@ def _failures(failures: list[dict[str, Any]], now: datetime) -> str:
             "</tr>" + "".join(rows) + "</table>")
 
 
+def _waiting(inbox: dict[str, Any] | None, now: datetime) -> str:
+    """The "Waiting in the inbox" section: each unclaimed folder, since when and why (oldest first)."""
+    if inbox is None:
+        return ""
+    entries = inbox.get("waiting") or []
+    total = inbox.get("waiting_total") or len(entries)
+    head = "<h2>Waiting in the inbox</h2>"
+    if inbox.get("waiting_as_of"):
+        head += f'<p class="sub">as of {_e(inbox["waiting_as_of"])}</p>'
+
+    if not entries:
+        if inbox.get("pending"):
+            return f'{head}<p class="empty">{_e(inbox["pending"])} waiting; no reason known yet.</p>'
+        return f'{head}<p class="empty">Nothing is waiting in the inbox.</p>'
+    rows = [
+        f'<tr><td class="mono">{_e(w["name"])}</td>'
+        f'<td class="when" title="{_e(w["since"])}">{_e(_ago(w["since"], now))}</td>'
+        f'<td>{_e(w["reason"])}</td></tr>'
+        for w in entries
+    ]
+    more = (f'<p class="sub">… and {_e(total - len(entries))} more (the oldest are shown)</p>'
+            if total > len(entries) else "")
+    return (f'{head}<table class="waiting"><tr><th>Folder</th><th>First seen</th><th>Why it is waiting</th>'
+            "</tr>" + "".join(rows) + "</table>" + more)
+
+
 def _finished(batches: list[dict[str, Any]], now: datetime) -> str:
     if not batches:
         return '<p class="empty">No finished batch yet.</p>'
@@ -161,7 +188,7 @@ def _counts(counts: dict[str, dict[str, int]]) -> str:
 def _tiles(status: dict[str, Any]) -> str:
     inbox = status["inbox"]
     wo = status["counts"]["work_orders"]
-    uploading = sum(1 for b in status["batches"] if b["state"] == "uploading")
+    uploading = sum(1 for b in status["batches"] if b["state"] == BatchState.UPLOADING)
     tiles = []
     if inbox is not None:
         age = format_duration(inbox["oldest_pending_age_s"]) if inbox["pending"] else "—"
@@ -182,7 +209,7 @@ def render_page(status: dict[str, Any]) -> str:
     """The whole page for one :func:`collect_status` snapshot."""
     now = datetime.fromisoformat(status["generated_at"]) if status["generated_at"] else datetime.now(UTC)
     health = status["health"]
-    active = [b for b in status["batches"] if b["state"] in ("open", "sealed", "uploading", "uploaded")]
+    active = [b for b in status["batches"] if b["state"] in ACTIVE_BATCH_STATES]
     finished = [b for b in status["batches"] if b not in active]
     d = status["daemon"]
     footer = [f"wodrop {__version__}"]
@@ -201,6 +228,7 @@ refreshes every {REFRESH_SECONDS} s</div></header>
 <main>
 {_tiles(status)}
 <h2>Current batches</h2>{_active(active)}
+{_waiting(status["inbox"], now)}
 <h2>Recent failures</h2>{_failures(status["failures"], now)}
 <h2>Recent batches</h2>{_finished(finished, now)}
 <h2>Counters</h2>{_counts(status["counts"])}
