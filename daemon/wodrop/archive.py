@@ -7,8 +7,14 @@ header (CRC and sizes) after the data, so the bytes of an entry are final only o
 (still hot in the page cache) are read back from the cursor to the end and hashed, and at ``close()``
 the central directory is. Memory stays flat whatever the sizes.
 
-A work order is all-or-nothing. When a source file turns out to be different from what the validator
-saw (size changed, file gone: someone is still writing the folder), ``SourceChanged`` is raised and
+Sources are read the way the validator read them, never through a link: the work-order folder is
+opened with ``O_DIRECTORY|O_NOFOLLOW`` and each file relative to that descriptor (``dir_fd``) with
+``O_NOFOLLOW|O_NONBLOCK`` (a FIFO swapped in cannot block), then checked to be the regular file the
+validator saw (same device and inode when the report knows them, same size).
+
+A work order is all-or-nothing. When a source turns out to be different from what the validator saw
+(size changed, file gone or replaced, the folder replaced by a link: someone is still writing the
+folder, or is trying to make wodrop read what it should not), ``SourceChanged`` is raised and
 the work order is rolled back: the archive is truncated to where it started, zipfile's entry list is
 restored, and the writer can take the next work order (or be closed) as if it had never been offered.
 The same rollback happens for any other error while copying (a permission error on a source file).
@@ -32,19 +38,23 @@ from pathlib import Path
 import google_crc32c
 
 from wodrop.fsops import fsync_dir
-from wodrop.workorder.validate import FileEntry, WorkOrderReport
+from wodrop.workorder.validate import FileEntry, WorkOrderReport, open_folder
 
 CHUNK_SIZE = 1024 * 1024
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# What opening a validated source fails with when something else took its place (or it went away).
+_REPLACED = (errno.ENOENT, errno.ELOOP, errno.ENOTDIR)
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # zip timestamps cannot go earlier (or past 2107)
 _ZIP_END = (2107, 12, 31, 23, 59, 58)
 
 
 class SourceChanged(Exception):
-    """A work order's file changed after validation; the work order was rolled back out of the archive."""
+    """A work order's file (or, with ``file`` None, its folder) changed after validation; the work order
+    was rolled back out of the archive."""
 
-    def __init__(self, work_order: str, file: str, detail: str) -> None:
-        super().__init__(f"{work_order}/{file} changed while it was being packed ({detail})")
+    def __init__(self, work_order: str, file: str | None, detail: str) -> None:
+        what = work_order if file is None else f"{work_order}/{file}"
+        super().__init__(f"{what} changed while it was being packed ({detail})")
         self.work_order = work_order
         self.file = file
 
@@ -100,17 +110,33 @@ class BatchArchiveWriter:
     def add_work_order(self, report: WorkOrderReport) -> int:
         """Append the report's files as ``<id>/<name>``; returns how many bytes the archive grew.
 
+        Files are read from the folder ``report.path`` by their names, never through a symbolic link.
         Raises ``SourceChanged`` (or the OSError met reading a source) after rolling the work order
-        back; the writer stays usable. ValueError for an invalid report or an id already in the archive.
+        back; the writer stays usable. ValueError for an invalid report, an id already in the archive,
+        or a file entry that is not a plain name in ``report.path``.
         """
         if not report.valid:
             raise ValueError(f"{report.id} is not valid; only valid work orders go into a batch")
         if report.id in self._ids:
             raise ValueError(f"{report.id} is already in this archive")
+        folder = Path(report.path)
+        for entry in report.files:
+            if entry.name in ("", ".", "..") or "/" in entry.name or Path(entry.path) != folder / entry.name:
+                raise ValueError(f"{entry.path} is not a file named {entry.name!r} in {folder}")
         start, entries = self._hashed, len(self._zf.filelist)
         try:
-            for entry in report.files:
-                self._copy(report.id, entry)
+            try:
+                dir_fd = open_folder(folder)
+            except OSError as e:
+                if e.errno in _REPLACED:
+                    raise SourceChanged(report.id, None, "the folder is gone, or was replaced by a "
+                                        "symbolic link or a file; links are never followed") from None
+                raise
+            try:
+                for entry in report.files:
+                    self._copy(report.id, dir_fd, entry)
+            finally:
+                os.close(dir_fd)
             self._fp.flush()
             hashes = self._hashes.copy()
             end = self._fp.tell()
@@ -148,17 +174,21 @@ class BatchArchiveWriter:
             self._fp.close()
         self.path.unlink(missing_ok=True)
 
-    def _copy(self, wo: str, entry: FileEntry) -> None:
+    def _copy(self, wo: str, dir_fd: int, entry: FileEntry) -> None:
         try:
-            fd = os.open(entry.path, _OPEN_FLAGS)
+            fd = os.open(entry.name, _OPEN_FLAGS, dir_fd=dir_fd)
         except OSError as e:
-            if e.errno in (errno.ENOENT, errno.ELOOP):
+            if e.errno in _REPLACED:
                 raise SourceChanged(wo, entry.name, "it is gone or was replaced by a link") from None
             raise
-        with open(fd, "rb", buffering=0) as src:
+        try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
-                raise SourceChanged(wo, entry.name, f"{entry.size} bytes when checked, {st.st_size} now")
+            _check_same(wo, entry, st)
+            src = open(fd, "rb", buffering=0)  # noqa: SIM115 (owns fd from here; closed just below)
+        except BaseException:
+            os.close(fd)
+            raise
+        with src:
             info = zipfile.ZipInfo(f"{wo}/{entry.name}", date_time=_zip_time(st.st_mtime))
             info.compress_type = zipfile.ZIP_STORED
             info.file_size = entry.size
@@ -192,6 +222,19 @@ class BatchArchiveWriter:
             self._zf.NameToInfo.pop(info.filename, None)
         del self._zf.filelist[entries:]
         self._zf.start_dir = start  # where zipfile writes the next entry / the central directory
+
+
+def _check_same(wo: str, entry: FileEntry, st: os.stat_result) -> None:
+    """SourceChanged unless ``st`` is the regular file the validator saw (checked before anything is
+    read: a folder or a FIFO swapped in is never read, a different file of the same size neither)."""
+    if not stat.S_ISREG(st.st_mode):
+        raise SourceChanged(wo, entry.name, "it is no longer a regular file")
+    same_dev = entry.dev is None or st.st_dev == entry.dev
+    same_ino = entry.ino is None or st.st_ino == entry.ino
+    if not (same_dev and same_ino):
+        raise SourceChanged(wo, entry.name, "it was replaced by another file")
+    if st.st_size != entry.size:
+        raise SourceChanged(wo, entry.name, f"{entry.size} bytes when checked, {st.st_size} now")
 
 
 def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:

@@ -2,8 +2,13 @@
 
 Every violation is reported, not only the first, each as an ``Issue`` whose message is a sentence for
 the person who prepared the folder: which file, what is wrong, what to do. Nothing is followed or
-read beyond what a check needs: entries are ``lstat``-ed, files opened with ``O_NOFOLLOW`` (and
-``O_NONBLOCK``, so a FIFO swapped in after the ``lstat`` cannot hang us), images only at their ends.
+read beyond what a check needs. The folder itself is opened with ``O_DIRECTORY|O_NOFOLLOW`` (a folder
+replaced by a symbolic link, say to a private folder, is refused and nothing behind it is read); its
+entries are listed from that descriptor and ``lstat``-ed / opened relative to it (``dir_fd``) with
+``O_NOFOLLOW`` (and ``O_NONBLOCK``, so a FIFO swapped in after the ``lstat`` cannot hang us), so no
+path component inside the work order is ever followed. Images are read only at their ends. Sub-folders
+are reported, never entered (no recursion, whatever their depth). Names that are not valid UTF-8 are
+shown with ``\\xNN`` escapes, so every report can be printed and encoded as UTF-8 JSON.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from wodrop.workorder.names import (
 
 MAX_JSON_BYTES = 16 * 1024**2  # metadata/parameters are small dictionaries; refuse to slurp a mistake
 _DEFAULT_ID_PATTERN = FormatConfig().work_order_id_pattern
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# A FIFO or a device in place of the folder fails with ENOTDIR before anything is opened.
+FOLDER_OPEN_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OTHER_IMAGE_TYPES = frozenset({"gif", "heic", "heif", "webp", "tif", "tiff", "bmp", "raw", "dng", "avif"})
 
 
@@ -50,9 +57,17 @@ class Issue:
 
 @dataclass(frozen=True)
 class FileEntry:
+    """One archive member: ``name`` inside the work-order folder ``path.parent``, as validated.
+
+    ``dev``/``ino`` identify the very file the validator checked (None when not known, e.g. a report
+    built by hand): the archive writer refuses to pack a different file that took its name since.
+    """
+
     name: str
     path: Path
     size: int
+    dev: int | None = None
+    ino: int | None = None
 
 
 @dataclass
@@ -83,13 +98,21 @@ class WorkOrderReport:
             "path": display_name(str(self.path)),
             "valid": self.valid,
             "errors": [e.to_dict() for e in self.errors],
-            "files": [f.name for f in self.files],
+            "files": [display_name(f.name) for f in self.files],
         }
 
 
 def display_name(name: str) -> str:
-    """A name safe to print and to put in JSON: undecodable bytes shown as ``\\xNN``."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
+    """A name safe to print and to put in JSON: undecodable bytes shown as ``\\xNN``.
+
+    File names that are not UTF-8 reach Python with their bytes as lone surrogates
+    (``surrogateescape``); they are turned back into those bytes, then each shown as ``\\xNN``.
+    """
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is no file-name byte: show it as \udNNN
+        raw = name.encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _is_text(name: str) -> bool:
@@ -108,30 +131,66 @@ def find_work_orders(path: Path, ready_marker: str | None = None) -> list[Path]:
     return sorted((path / e.name for e in entries), key=lambda p: p.name)
 
 
+def open_folder(path: Path) -> int:
+    """A descriptor of the work-order folder ``path``, never through a symbolic link at its last
+    component (``O_DIRECTORY|O_NOFOLLOW``). Raises OSError: ENOTDIR (or ELOOP) for a link, a file, a
+    FIFO...; ENOENT, EACCES, ENAMETOOLONG as they come. The caller closes the descriptor."""
+    return os.open(path, FOLDER_OPEN_FLAGS)
+
+
+def _is_link(path: Path) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _folder_issue(path: Path, e: OSError) -> Issue:
+    shown = display_name(path.name or str(path))
+    if e.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(path):
+        return Issue("not_a_regular_file", None, f"The work-order folder {shown} is a symbolic link (a "
+                     "shortcut to another folder); wodrop never follows links, so nothing behind it was "
+                     "read. Put the folder itself here, not a link to it.")
+    if e.errno == errno.ENOTDIR:
+        return Issue("unreadable", None, f"{shown} is not a folder; a work order is a folder holding "
+                     "its files. Put the files in a folder named after the work order.")
+    return Issue("unreadable", None, f"The folder {shown} cannot be read ({e.strerror}). "
+                 "Check that wodrop may open it.")
+
+
 def validate_work_order(
-    path: Path,
+    path: Path | str | bytes,
     fmt: FormatConfig,
     *,
     ready_marker: str | None = None,
     is_duplicate: Callable[[str], bool] | None = None,
 ) -> WorkOrderReport:
-    """Check the folder ``path`` (its name is the work-order id); never raises for what it finds."""
-    path = Path(path)
+    """Check the folder ``path`` (its name is the work-order id); never raises for what it finds.
+
+    Nothing behind a symbolic link is read: the folder is opened with ``O_NOFOLLOW`` (a folder that
+    is a link is reported ``not_a_regular_file``) and every entry is looked at relative to it.
+    """
+    path = Path(os.fsdecode(path))
     report = WorkOrderReport(path.name, path)
     report.errors += _id_issues(path.name, fmt, is_duplicate)
     try:
-        with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
+        fd = open_folder(path)
     except OSError as e:
-        report.errors.append(
-            Issue("unreadable", None, f"The folder {display_name(path.name)} cannot be read "
-                  f"({e.strerror}). Check that wodrop may open it.")
-        )
+        report.errors.append(_folder_issue(path, e))
         return report
-    scan = _Scan(fmt)
-    for entry in entries:
-        if not is_junk(entry.name, ready_marker):
-            scan.entry(path, entry)
+    try:
+        try:
+            with os.scandir(fd) as it:
+                names = sorted(e.name for e in it)
+        except OSError as e:
+            report.errors.append(_folder_issue(path, e))
+            return report
+        scan = _Scan(fmt, path, fd)
+        for name in names:
+            if not is_junk(name, ready_marker):
+                scan.entry(name)
+    finally:
+        os.close(fd)
     report.errors += scan.issues + scan.folder_issues(path.name)
     report.files = sorted(scan.members, key=lambda f: order_key(f.name))
     return report
@@ -146,9 +205,10 @@ def _id_issues(wo: str, fmt: FormatConfig, is_duplicate: Callable[[str], bool] |
             else f"it must match {fmt.work_order_id_pattern} (format.work_order_id_pattern)"
         )
         issues.append(Issue("bad_work_order_id", None,
-                            f"The folder name {display_name(wo)!r} is not a valid work-order id: {rule}. "
+                            f"The folder name '{display_name(wo)}' is not a valid work-order id: {rule}. "
                             "Rename the folder."))
-    if fmt.on_duplicate == "reject" and is_duplicate is not None and is_duplicate(wo):
+    # A name that is not text was never valid, so never uploaded (and a DB could not even look it up).
+    if fmt.on_duplicate == "reject" and is_duplicate is not None and _is_text(wo) and is_duplicate(wo):
         issues.append(Issue("duplicate_work_order", None,
                             f"Work order {wo} has already been uploaded; sending it again would process it "
                             "twice. Remove the folder, or rename it if it is a different work order."))
@@ -156,10 +216,11 @@ def _id_issues(wo: str, fmt: FormatConfig, is_duplicate: Callable[[str], bool] |
 
 
 class _Scan:
-    """Per-file checks of one folder, accumulating what the folder-level checks need."""
+    """Per-file checks of one folder (open as ``fd``), accumulating what the folder-level checks need.
+    Every look at an entry is relative to ``fd`` and never follows a link."""
 
-    def __init__(self, fmt: FormatConfig) -> None:
-        self.fmt = fmt
+    def __init__(self, fmt: FormatConfig, folder: Path, fd: int) -> None:
+        self.fmt, self.folder, self.fd = fmt, folder, fd
         self.issues: list[Issue] = []
         self.members: list[FileEntry] = []
         self.image_files = 0
@@ -169,16 +230,18 @@ class _Scan:
     def add(self, code: str, name: str, message: str) -> None:
         self.issues.append(Issue(code, display_name(name), message))
 
-    def entry(self, folder: Path, entry: os.DirEntry[str]) -> None:
-        name, shown = entry.name, display_name(entry.name)
+    def entry(self, name: str) -> None:
+        shown = display_name(name)
         try:
-            st = entry.stat(follow_symlinks=False)
+            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
         except FileNotFoundError:
             return  # removed while we looked: the settle stage sees the change
         except OSError as e:
             self.add("unreadable", name, f"{shown} cannot be read ({e.strerror}). Check its permissions.")
+            if image_extension(name) is not None:
+                self.image_files += 1  # an image we may not read: "unreadable", not "no images" too
             return
-        if stat.S_ISDIR(st.st_mode):
+        if stat.S_ISDIR(st.st_mode):  # reported, never entered: any depth is fine
             self.add("nested_directory", name, f"{shown} is a folder; a work order must hold files only. "
                      "Move its files up into the work-order folder, or remove it.")
             return
@@ -200,18 +263,18 @@ class _Scan:
             return
         if st.st_size == 0:
             self.add("empty_file", name, f"{shown} is empty (0 bytes). Copy it again, or remove it.")
-            self._member(folder, name, image, 0)
+            self._member(name, image, st)
             return
-        self._content(folder, name, image)
+        self._content(name, image)
 
-    def _member(self, folder: Path, name: str, image: ImageName | None, size: int) -> None:
+    def _member(self, name: str, image: ImageName | None, st: os.stat_result) -> None:
         if image is not None or name in JSON_FILES:
-            self.members.append(FileEntry(name, folder / name, size))
+            self.members.append(FileEntry(name, self.folder / name, st.st_size, st.st_dev, st.st_ino))
 
-    def _content(self, folder: Path, name: str, image: ImageName | None) -> None:
+    def _content(self, name: str, image: ImageName | None) -> None:
         shown = display_name(name)
         try:
-            fd = os.open(folder / name, _OPEN_FLAGS)
+            fd = os.open(name, _OPEN_FLAGS, dir_fd=self.fd)
         except OSError as e:
             if e.errno == errno.ELOOP:
                 self.add("not_a_regular_file", name, f"{shown} is a shortcut (symbolic link), not a file. "
@@ -224,11 +287,11 @@ class _Scan:
             if not stat.S_ISREG(st.st_mode):
                 self._not_regular(name, st.st_mode)
                 return
-            self._member(folder, name, image, st.st_size)
+            self._member(name, image, st)
             if name in JSON_FILES:
                 self.json[name] = self._json(fd, name, st.st_size)
-            else:
-                problem = check_image(fd, name, st.st_size, decode=self.fmt.image_check == "decode")
+            else:  # the shown name: its messages must stay printable
+                problem = check_image(fd, shown, st.st_size, decode=self.fmt.image_check == "decode")
                 if problem:
                     self.add(problem.code, name, problem.message)
         except OSError as e:
