@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import html
 import json
 import re
 from collections.abc import Mapping
@@ -35,6 +36,14 @@ _RANGE = re.compile(r"^\s*bytes=0-(\d+)\s*$", re.IGNORECASE)
 _DETAIL_MAX = 300
 
 RetryCause = Literal["timeout", "connection", "server_error", "throttled"]
+#: ends the message of a glitch that is retried (dropped from the message when retries run out)
+RETRYING = "; retrying"
+#: 4xx API answers that are no verdict on the batch even with a JSON body: a wrong address or a proxy
+#: (404), a timeout (408), throttling (429); 401/403 are :class:`AuthRefused`
+_API_NOT_VERDICTS = frozenset({404, 408, 429})
+_HTML = re.compile(rb"^\s*(?:<!doctype\s+html|<html|<head|<body|<title|<!--)", re.IGNORECASE)
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+_NOTE_MAX = 80
 
 
 # ---- errors -------------------------------------------------------------------------------------
@@ -76,6 +85,16 @@ class UploadGaveUp(UploadError):
 
 class ArchiveChanged(UploadError):
     """The local archive no longer matches the size the upload was started with."""
+
+
+class UnusableAnswer(UploadError):
+    """A platform API answer that is no verdict (a 2xx that is not JSON or lacks ``upload_url`` or
+    ``batch_id``): a glitch of a proxy or the platform, retried like a 5xx by the API calls. Seen by
+    a caller only when it checks an answer outside them; it is never a reason to fail work orders."""
+
+    @property
+    def retry(self) -> Retry:
+        return Retry("server_error", str(self) + RETRYING)
 
 
 # ---- retry classification and backoff -----------------------------------------------------------
@@ -142,14 +161,16 @@ class RetryState:
         self.failures += 1
         limit = self.policy.max_retries
         if limit is not None and self.failures > limit:
-            raise UploadGaveUp(f"{retry.message}, gave up after {self.failures} attempts")
+            what = retry.message.removesuffix(RETRYING)
+            raise UploadGaveUp(f"{what}, gave up after {self.failures} attempts")
         if retry.retry_after is not None:
             return retry.retry_after
         return backoff_delay(self.failures, self.policy.initial_delay, self.policy.max_delay, rand)
 
 
 def detail_text(body: bytes) -> str:
-    """The server's explanation from an error body (JSON ``detail``/``error``/``message`` or text)."""
+    """The server's explanation from an error body (JSON ``detail``/``error``/``message`` or text),
+    redacted: servers echo the upload URL, its ``upload_id`` or its path token in their errors."""
     text = body.decode("utf-8", "replace").strip()
     try:
         data: Any = json.loads(text)
@@ -163,10 +184,11 @@ def detail_text(body: bytes) -> str:
             if isinstance(value, str) and value:
                 text = value
                 break
-    text = " ".join(text.split())
+    # Redact before shortening: a cut through a secret would leave a prefix that no longer matches.
+    text = redact(" ".join(text.split()))
     if len(text) > _DETAIL_MAX:
         text = text[: _DETAIL_MAX - 1] + "…"
-    return redact(text)
+    return text
 
 
 def classify_status(status: int, headers: Mapping[str, str], body: bytes, *, now: float,
@@ -184,6 +206,82 @@ def classify_status(status: int, headers: Mapping[str, str], body: bytes, *, now
         detail = detail_text(body)
         return Retry("server_error", f"{what} failed (HTTP {status}{': ' + detail if detail else ''})")
     return None
+
+
+def _short(text: str) -> str:
+    """Redact, *then* shorten: a cut through a secret would leave a prefix the redactor cannot match."""
+    text = redact(" ".join(text.split()))
+    if len(text) > _NOTE_MAX:
+        text = text[: _NOTE_MAX - 1] + "…"
+    return text
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None (empty, not JSON, or JSON that is not an object)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def describe_body(body: bytes, content_type: str | None = None) -> str:
+    """What an answer that is not the expected JSON holds, for a person: ``an HTML page ("Login")``."""
+    if not body.strip():
+        return "an empty body"
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if "html" in ctype or _HTML.match(body[:512]):
+        m = _TITLE.search(body[:8192])
+        title = _short(html.unescape(m.group(1).decode("utf-8", "replace"))) if m else ""
+        return f"an HTML page ({title!r})" if title else "an HTML page"
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return f"a {ctype} body that is not JSON" if ctype else "a body that is not JSON"
+    if isinstance(data, dict):
+        return "a JSON object"
+    return "a JSON array" if isinstance(data, list) else f"the JSON value {_short(json.dumps(data))}"
+
+
+def _redirect_target(location: str | None) -> str:
+    """Where a redirect points, without its query (often a login token) and redacted."""
+    if not location:
+        return ""
+    target = location.strip().split("#", 1)[0].split("?", 1)[0]
+    return f" to {_short(target)}" if target else ""
+
+
+def classify_api_answer(status: int, headers: Mapping[str, str], body: bytes, *, now: float,
+                        what: str = "the platform API",
+                        handled: frozenset[int] = frozenset()) -> Retry | None:
+    """A platform API answer that is no verdict -> :class:`Retry`; None: the caller reads the answer.
+
+    None is left for a 2xx (whose content the caller checks, raising :class:`UnusableAnswer`), 401 and
+    403 (:class:`AuthRefused`), the statuses in ``handled``, and real verdicts: a 4xx other than
+    404/408/429 that carries the platform's own JSON error. Anything else (a redirect, an HTML page or
+    an empty body from a proxy, a 404 from a wrong route, 408, 429, 5xx) is a glitch worth a retry:
+    sending work orders to failed/ for it would be wrong.
+    """
+    if status in handled:
+        return None
+    retry = classify_status(status, headers, body, now=now, what=what)
+    if retry is not None:
+        return retry
+    if 200 <= status <= 299 or status in (401, 403):
+        return None
+    if 300 <= status <= 399:
+        return Retry("server_error", f"{what} answered HTTP {status}, a redirect"
+                                     f"{_redirect_target(headers.get('Location'))} (check api.url){RETRYING}")
+    if 400 <= status <= 499 and status not in _API_NOT_VERDICTS and json_object(body) is not None:
+        return None
+    if status == 404 and json_object(body) is not None:
+        detail = detail_text(body)
+        return Retry("server_error", f"{what} answered HTTP 404{': ' + detail if detail else ''}"
+                                     f" (check api.url){RETRYING}")
+    kind = describe_body(body, headers.get("Content-Type"))
+    hint = " (check api.url)" if status == 404 else ""
+    return Retry("server_error", f"{what} answered HTTP {status} with {kind}, not the platform's own "
+                                 f"error{hint}{RETRYING}")
 
 
 # ---- the upload state machine -------------------------------------------------------------------
@@ -239,7 +337,7 @@ def parse_range(value: str | None) -> int:
         return 0
     m = _RANGE.match(value)
     if not m:
-        raise ValueError(f"malformed Range header {value[:60]!r}")
+        raise ValueError(f"malformed Range header {redact(value)[:60]!r}")
     return int(m.group(1)) + 1
 
 
