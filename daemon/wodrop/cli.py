@@ -1,7 +1,8 @@
 """``wodrop`` command line: argument parsing and exit codes (0 ok, 1 work failed, 2 usage/config error).
 
-The arguments of every command are declared here (they are a contract, see DESIGN.md section 5); each
-command's work lives in ``wodrop.commands.<name>.run(args)``, imported only when that command runs.
+The arguments of every command are declared here (a contract users and scripts rely on: see the
+README's Commands section); each command's work lives in ``wodrop.commands.<name>.run(args)``,
+imported only when that command runs.
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def fsync_dir(path: Path) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` via a temp file + fsync + rename (never a half-written report)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(fit_name(f".{path.name}", f".{os.getpid()}.tmp"))
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False)
         f.write("\n")
@@ -130,7 +130,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 def failure_report(
     work_order: str, stage: str, errors: list[dict[str, Any]], now: float | None = None
 ) -> dict[str, Any]:
-    """The ``failed/<WO>.error.json`` document (DESIGN.md section 2)."""
+    """The ``failed/<WO>.error.json`` document (README: "The work-order format" and failure reports)."""
     failed_at = datetime.fromtimestamp(time.time() if now is None else now, UTC)
     return {
         "work_order": work_order,

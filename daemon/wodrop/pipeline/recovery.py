@@ -81,8 +81,10 @@ def _recover_claimed(db: StateDB, cfg: Config) -> list[int]:
     return to_validate
 
 
-async def _adopt(db: StateDB, finisher: Finisher, ledger: Ledger, cfg: Config) -> list[int]:
+async def _adopt(db: StateDB, finisher: Finisher, ledger: Ledger, cfg: Config) -> tuple[list[int], int]:
+    """(work orders to validate, how many folders were adopted in all)."""
     to_validate: list[int] = []
+    adopted = 0
     known = {wo.path for wo in db.work_orders(states=[WorkOrderState.CLAIMED, WorkOrderState.BATCHED])}
     with os.scandir(cfg.paths.processing) as it:
         entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
@@ -94,6 +96,7 @@ async def _adopt(db: StateDB, finisher: Finisher, ledger: Ledger, cfg: Config) -
                       hint="rename it to a valid work-order id and move it back to the inbox")
             continue
         wo_id = db.add_work_order(entry.name, Path(entry.path))
+        adopted += 1
         log.info("recovery_adopted", work_order=entry.name)
         delivered = ledger.delivered(entry.name)
         if delivered is not None:
@@ -103,7 +106,7 @@ async def _adopt(db: StateDB, finisher: Finisher, ledger: Ledger, cfg: Config) -
                 await finisher.deliver_again(db.work_order(wo_id))
                 continue
         to_validate.append(wo_id)
-    return to_validate
+    return to_validate, adopted
 
 
 async def recover(db: StateDB, finisher: Finisher, ledger: Ledger, cfg: Config,
@@ -112,12 +115,12 @@ async def recover(db: StateDB, finisher: Finisher, ledger: Ledger, cfg: Config,
     spool = cfg.paths.spool
     to_upload = await _recover_batches(db, spool, slots)
     to_validate = _recover_claimed(db, cfg)
-    adopted = await _adopt(db, finisher, ledger, cfg)
-    to_validate += adopted
+    adopted_to_validate, adopted = await _adopt(db, finisher, ledger, cfg)
+    to_validate += adopted_to_validate
     active = {b.archive_path for b in db.batches(ACTIVE_BATCH_STATES, origin=Origin.DAEMON)}
     orphans = [f for f in spool.iterdir() if f.is_file() and str(f) not in active]
     if db.created and (adopted or orphans):
-        log.warning("state_db_new", adopted=len(adopted), spool_orphans=len(orphans),
+        log.warning("state_db_new", adopted=adopted, spool_orphans=len(orphans),
                     note="the state DB is new but work was left by an earlier run: adopted; the "
                          "delivered-ids ledger keeps anything already sent from being sent again")
     for f in orphans:

@@ -1,4 +1,5 @@
-"""Validate one work-order folder against the platform's batch format (DESIGN.md section 3).
+"""Validate one work-order folder against the platform's batch format (rules and error codes: the
+README's "The work-order format").
 
 Every violation is reported, not only the first, each as an ``Issue`` whose message is a sentence for
 the person who prepared the folder: which file, what is wrong, what to do. Nothing is followed or
