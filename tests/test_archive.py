@@ -15,8 +15,9 @@ from pathlib import Path
 import google_crc32c
 import pytest
 from helpers.workorders import make_work_order
-from wodrop.archive import CHUNK_SIZE, ArchiveDigest, BatchArchiveWriter, SourceChanged
+from wodrop.archive import CHUNK_SIZE, BatchArchiveWriter, SourceChanged
 from wodrop.config import FormatConfig
+from wodrop.digest import ArchiveDigest
 from wodrop.workorder import FileEntry, WorkOrderReport, validate_work_order
 
 UNZIP = shutil.which("unzip")

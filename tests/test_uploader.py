@@ -98,15 +98,14 @@ async def test_zero_byte_archive(tmp_path: Path, rx_factory: Any, http: aiohttp.
 async def test_checksums_checked_against_the_servers_answer(
     tmp_path: Path, rx_factory: Any, http: aiohttp.ClientSession
 ) -> None:
-    from wodrop.commands.upload import Digest, file_digest
+    from wodrop.digest import Hashes
 
     rx = rx_factory()
     archive = make_file(tmp_path / "a.zip", 2 * K + 10)
-    good = file_digest(archive)
-    assert good is not None
+    good = Hashes.of_file(archive).result()
     await upload(http, rx, archive, expected=good)
     other = make_file(tmp_path / "b.zip", 2 * K + 10)
-    wrong = Digest(good.size, good.md5, good.crc32c)
+    wrong = good  # the same size, other bytes: the server's md5/crc32c of b.zip differ
     with pytest.raises(UploadRejected, match="the server's copy differs"):
         await upload(http, rx, other, expected=wrong)
 

@@ -24,19 +24,15 @@ Blocking by design: the daemon calls it from a worker thread.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import errno
-import hashlib
 import os
 import stat
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import google_crc32c
-
+from wodrop.digest import ArchiveDigest, Hashes
 from wodrop.fsops import fsync_dir
 from wodrop.workorder.validate import FileEntry, WorkOrderReport, open_folder
 
@@ -59,36 +55,6 @@ class SourceChanged(Exception):
         self.file = file
 
 
-@dataclass(frozen=True)
-class ArchiveDigest:
-    """Checksums of the finished archive, in the forms the upload checks compare with GCS's answer."""
-
-    size: int
-    sha256: str  # hex
-    md5: str  # base64, like GCS's md5Hash
-    crc32c: str  # base64 of the big-endian uint32, like GCS's crc32c
-
-
-class _Hashes:
-    """sha256 + md5 + crc32c fed together; copyable, so a failed work order leaves no trace in them.
-    (crc32c is kept as the int that ``google_crc32c.extend`` folds, which a ``Checksum`` cannot copy.)"""
-
-    def __init__(self) -> None:
-        self.sha256 = hashlib.sha256()
-        self.md5 = hashlib.md5(usedforsecurity=False)
-        self.crc32c = 0
-
-    def copy(self) -> _Hashes:
-        other = _Hashes.__new__(_Hashes)
-        other.sha256, other.md5, other.crc32c = self.sha256.copy(), self.md5.copy(), self.crc32c
-        return other
-
-    def update(self, data: bytes) -> None:
-        self.sha256.update(data)
-        self.md5.update(data)
-        self.crc32c = google_crc32c.extend(self.crc32c, data)
-
-
 class BatchArchiveWriter:
     """Writes one new archive at ``path`` (which must not exist: it is never replaced)."""
 
@@ -96,7 +62,7 @@ class BatchArchiveWriter:
         self.path = Path(path)
         self._fp = open(self.path, "x+b")  # noqa: SIM115 (lives until close/abort; "+": read back to hash)
         self._zf = zipfile.ZipFile(self._fp, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self._hashes = _Hashes()
+        self._hashes = Hashes()
         self._hashed = 0  # the hash cursor: bytes [0, _hashed) are final and hashed
         self._ids: set[str] = set()
         self._buf = bytearray(CHUNK_SIZE)
@@ -158,13 +124,8 @@ class BatchArchiveWriter:
         self._fp.close()
         fsync_dir(self.path.parent)
         self._hashed = self._closed_size = end
-        h = self._hashes
-        return ArchiveDigest(
-            size=end,
-            sha256=h.sha256.hexdigest(),
-            md5=base64.b64encode(h.md5.digest()).decode("ascii"),
-            crc32c=base64.b64encode(h.crc32c.to_bytes(4, "big")).decode("ascii"),
-        )
+        assert self._hashes.size == end, "every byte of the archive is hashed exactly once"
+        return self._hashes.result()
 
     def abort(self) -> None:
         """Close and delete the partial archive (our own spool/temp file, never a user's)."""
@@ -205,7 +166,7 @@ class BatchArchiveWriter:
                 if src.read(1):
                     raise SourceChanged(wo, entry.name, f"it grew beyond {entry.size} bytes")
 
-    def _read_back(self, hashes: _Hashes, start: int, end: int) -> None:
+    def _read_back(self, hashes: Hashes, start: int, end: int) -> None:
         fd = self._fp.fileno()
         while start < end:
             data = os.pread(fd, min(CHUNK_SIZE, end - start), start)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import stat
 import sys
 import threading
@@ -24,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import google_crc32c
 from tqdm import tqdm
 
 from wodrop.cli import EXIT_FAILED, EXIT_OK, UsageError, load_cli_config
 from wodrop.config import Config
+from wodrop.digest import Expected, Hashes, Stopped
 from wodrop.lifecycle import BatchState, Origin
 from wodrop.logs import get_logger, setup_logging
 from wodrop.redact import redact, register_secret
@@ -50,29 +48,6 @@ from wodrop.upload.session import SessionHooks, upload_session
 from wodrop.upload.transport import make_session, retry_policy
 
 log = get_logger("wodrop.upload")
-_HASH_BLOCK = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Digest:
-    size: int
-    md5: str
-    crc32c: str
-
-
-def file_digest(path: Path, stop: threading.Event | None = None) -> Digest | None:
-    """md5 and crc32c (base64, as GCS reports them) in one streaming pass: flat memory.
-    None when ``stop`` is set first (a thread cannot be cancelled, and exit waits for it)."""
-    md5, crc, size = hashlib.md5(), google_crc32c.Checksum(), 0
-    with path.open("rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            if stop is not None and stop.is_set():
-                return None
-            md5.update(block)
-            crc.update(block)
-            size += len(block)
-    b64 = base64.b64encode
-    return Digest(size, b64(md5.digest()).decode("ascii"), b64(crc.digest()).decode("ascii"))
 
 
 class Progress:
@@ -163,11 +138,10 @@ def _expired_message(args: argparse.Namespace) -> str | None:
     return None
 
 
-async def _hash(job: Job, row_id: int, stop: threading.Event) -> Digest | None:
-    digest = await asyncio.to_thread(file_digest, job.archive, stop)
-    if digest is not None:
-        job.db.set_digest(row_id, md5=digest.md5, crc32c=digest.crc32c)
-    return digest
+async def _hash(job: Job, row_id: int, stop: threading.Event) -> Expected:
+    h = await asyncio.to_thread(Hashes.of_file, job.archive, None, stop)
+    job.db.set_digest(row_id, md5=h.md5_b64, crc32c=h.crc32c_b64)
+    return Expected(h.size, h.md5_b64, h.crc32c_b64)
 
 
 async def _transfer(job: Job, http: aiohttp.ClientSession, row: BatchRow) -> ServerCopy:
@@ -244,15 +218,15 @@ async def _upload(job: Job) -> int:
         return EXIT_FAILED
     row = _find_or_create_row(job)
     # Hash while uploading (the check only matters at the end); a resume reuses the cached digest.
-    cached = Digest(job.size, row.md5, row.crc32c) if row.md5 and row.crc32c else None
+    cached = Expected(job.size, row.md5, row.crc32c) if row.md5 and row.crc32c else None
     stop = threading.Event()
-    hashing = None if cached else asyncio.create_task(_hash(job, row.id, stop))
+    hashing = None if cached else asyncio.create_task(_hash(job, row.id, stop))  # awaited below
     started = time.monotonic()
     try:
         async with make_session(job.cfg.upload) as http:
             copy = await _transfer(job, http, row)
         check_server_copy(copy, job.size, cached or (await hashing if hashing else None))
-    except (UploadError, aiohttp.ClientError, OSError) as e:
+    except (UploadError, aiohttp.ClientError, OSError, Stopped) as e:
         message = str(e) if isinstance(e, UploadError) else redact(f"{type(e).__name__}: {e}")
         db.record_error(row.id, message)
         if isinstance(e, UploadRejected):
@@ -262,6 +236,8 @@ async def _upload(job: Job) -> int:
         return EXIT_FAILED
     finally:
         stop.set()
+        if hashing is not None:  # never left running: it stops at the next block once ``stop`` is set
+            await asyncio.gather(hashing, return_exceptions=True)
     db.mark_uploaded(row.id, job.size)
     db.finish_batch(row.id, BatchState.DONE)
     remote = db.batch(row.id).remote_batch_id

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 
 from wodrop import metrics
+from wodrop.digest import Expected
 from wodrop.failpoints import failpoint
 from wodrop.ledger import Delivery, Ledger
 from wodrop.lifecycle import BatchState, WorkOrderState
@@ -45,13 +45,6 @@ from wodrop.upload.transport import OnRetry, retry_policy
 
 log = get_logger("wodrop.upload")
 AUTH_RETRY_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class _Digest:
-    size: int
-    md5: str | None
-    crc32c: str | None
 
 
 class Uploads:
@@ -188,7 +181,7 @@ class Uploads:
                     await upload_session(
                         self.db, batch_id, self.http, Path(row.archive_path), self._hooks(row, progress),
                         chunk_size=self.rt.cfg.upload.chunk_size, retry=self._policy(), limiter=self.limiter,
-                        expected=_Digest(row.size, row.md5, row.crc32c),
+                        expected=Expected(row.size, row.md5, row.crc32c),
                     )
                 except AuthRefused as e:
                     await self._auth_refused(e)

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from wodrop.receiver.store import Digest, Session
+from wodrop.digest import Hashes
+from wodrop.receiver.store import Session
 
 WORK_ORDER_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 JSON_FILES = ("metadata.json", "parameters.json")
@@ -121,7 +122,7 @@ def check_archive(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return batch_errors, results
 
 
-def build_report(path: Path, session: Session, digest: Digest, size: int) -> dict[str, Any]:
+def build_report(path: Path, session: Session, digest: Hashes, size: int) -> dict[str, Any]:
     """The ``{batch_id}.json`` contents for a completed upload stored at ``path``."""
     errors, work_orders = check_archive(path)
     return {

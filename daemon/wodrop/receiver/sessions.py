@@ -11,8 +11,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from wodrop.digest import Hashes
 from wodrop.receiver.report import build_report
-from wodrop.receiver.store import Digest, Session, Store
+from wodrop.receiver.store import Session, Store
 
 BUCKET = "wodrop-receiver"
 BATCH_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -29,7 +30,7 @@ class Sessions:
 
     async def create(self, filename: str, total: int | None = None) -> Session:
         s = Session(uuid.uuid4().hex, filename, secrets.token_urlsafe(24), _now(), total=total)
-        s.digest = Digest()
+        s.digest = Hashes()
         await asyncio.to_thread(self.store.save, s)
         self._cache[s.batch_id] = s
         return s
@@ -53,10 +54,10 @@ class Sessions:
     async def save(self, s: Session) -> None:
         await asyncio.to_thread(self.store.save, s)
 
-    async def digest(self, s: Session) -> Digest:
+    async def digest(self, s: Session) -> Hashes:
         """The hasher state for the saved bytes; recomputed from disk after a restart."""
         if s.digest is None:
-            s.digest = await asyncio.to_thread(Digest.of_file, self.store.part(s.batch_id), s.committed)
+            s.digest = await asyncio.to_thread(Hashes.of_file, self.store.part(s.batch_id), s.committed)
         return s.digest
 
     async def finalize(self, s: Session) -> dict[str, Any]:
@@ -65,7 +66,7 @@ class Sessions:
         part, archive = self.store.part(s.batch_id), self.store.archive(s.batch_id)
         if s.digest is None:
             src = part if part.exists() else archive
-            s.digest = await asyncio.to_thread(Digest.of_file, src, s.committed)
+            s.digest = await asyncio.to_thread(Hashes.of_file, src, s.committed)
         digest = s.digest
         meta = {
             "kind": "storage#object",
@@ -103,5 +104,5 @@ class Sessions:
         """Expire or cancel: the data is dropped, the sidecar stays to answer 404/410 later."""
         s.status = status
         await asyncio.to_thread(self.store.part(s.batch_id).unlink, missing_ok=True)
-        s.committed, s.digest = 0, Digest()
+        s.committed, s.digest = 0, Hashes()
         await self.save(s)

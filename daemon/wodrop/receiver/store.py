@@ -13,8 +13,6 @@ Everything here blocks; the app calls it through threads.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import json
 import os
 from collections import deque
@@ -22,47 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
+from wodrop.digest import Hashes
 
 ALIGN = 262144  # GCS: every chunk but the last is a multiple of 256 KiB
-_READ = 8 * 1024 * 1024
-
-
-class Digest:
-    """md5, crc32c and sha256 of the bytes saved so far, updated as chunks arrive."""
-
-    def __init__(self) -> None:
-        self.md5 = hashlib.md5(usedforsecurity=False)
-        self.sha256 = hashlib.sha256()
-        self.crc = 0
-
-    def copy(self) -> Digest:
-        d = Digest()
-        d.md5, d.sha256, d.crc = self.md5.copy(), self.sha256.copy(), self.crc
-        return d
-
-    def update(self, data: bytes) -> None:
-        self.md5.update(data)
-        self.sha256.update(data)
-        self.crc = google_crc32c.extend(self.crc, data)
-
-    @classmethod
-    def of_file(cls, path: Path, length: int) -> Digest:
-        """Recompute after a restart (in-memory hasher state does not survive one)."""
-        d = cls()
-        with path.open("rb") as f:
-            while length > 0 and (data := f.read(min(_READ, length))):
-                d.update(data)
-                length -= len(data)
-        return d
-
-    @property
-    def md5_b64(self) -> str:
-        return base64.b64encode(self.md5.digest()).decode()
-
-    @property
-    def crc32c_b64(self) -> str:
-        return base64.b64encode(self.crc.to_bytes(4, "big")).decode()
 
 
 @dataclass
@@ -77,7 +37,7 @@ class Session:
     total: int | None = None
     object_meta: dict[str, Any] | None = None  # the GCS-style answer once uploaded
     committed: int = field(default=0, compare=False)
-    digest: Digest | None = field(default=None, compare=False, repr=False)
+    digest: Hashes | None = field(default=None, compare=False, repr=False)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, compare=False, repr=False)
 
     _PERSISTED = ("batch_id", "filename", "token", "created_at", "status", "total", "object_meta")
@@ -166,7 +126,7 @@ class PartWriter:
 
     BLOCK = 4 * 1024 * 1024  # how much to hand to the worker at once; an ALIGN multiple
 
-    def __init__(self, path: Path, digest: Digest, *, limit: int | None = None) -> None:
+    def __init__(self, path: Path, digest: Hashes, *, limit: int | None = None) -> None:
         self.path = path
         self.digest = digest
         self.limit = limit  # save at most this many bytes (a partial-save fault)
@@ -233,7 +193,7 @@ class PartWriter:
             await pending
 
 
-def _write_and_hash(fd: int, pieces: list[bytes], digest: Digest) -> None:
+def _write_and_hash(fd: int, pieces: list[bytes], digest: Hashes) -> None:
     for piece in pieces:
         view = memoryview(piece)
         while view:

@@ -288,7 +288,7 @@ def classify_api_answer(status: int, headers: Mapping[str, str], body: bytes, *,
 
 
 class ExpectedDigest(Protocol):
-    """What the archive should hash to: ``wodrop.archive.ArchiveDigest`` fits (md5/crc32c base64)."""
+    """What the archive should hash to: ``wodrop.digest.ArchiveDigest`` fits (md5/crc32c base64)."""
 
     @property
     def size(self) -> int: ...
