@@ -32,6 +32,13 @@ def test_health_in_order_of_urgency(fx: StatusFixture) -> None:
     assert health(fx)[1].startswith("Retrying batch-20240611-0002 (attempt 1): connection reset")
     fx.runtime.ready = False
     assert health(fx) == ("warn", "Starting up: recovering state and scanning the inbox")
+    denied = "validate: permission denied: /srv/failed/WO_7 (trying again in 8 s)"
+    fx.runtime.stuck["work order WO_7"] = denied
+    fx.runtime.stuck["batch batch-1"] = "upload: no space left on device (trying again in 2 s)"
+    assert health(fx) == ("error", "Stuck: batch batch-1: upload: no space left on device "
+                          "(trying again in 2 s) (and 1 more)")
+    assert collect_status(fx.db, fx.runtime)["daemon"]["stuck"][1] == {"item": "work order WO_7",
+                                                                       "reason": denied}
     fx.runtime.intake_paused = "disk full: 0.2 GiB free in the spool, 1 GiB required"
     assert health(fx) == ("error", "Intake paused: disk full: 0.2 GiB free in the spool, 1 GiB required")
     fx.runtime.last_loop_tick = time.monotonic() - 120

@@ -124,6 +124,7 @@ def _daemon(runtime: Runtime, now_mono: float) -> dict[str, Any]:
         "api_key_accepted": runtime.api_key_accepted,
         "intake_paused": runtime.intake_paused,
         "loop_tick_age_s": round(now_mono - runtime.last_loop_tick, 3),
+        "stuck": [{"item": item, "reason": reason} for item, reason in sorted(runtime.stuck.items())],
     }
 
 
@@ -140,6 +141,10 @@ def _health(status: dict[str, Any]) -> dict[str, str]:
                     f"{d['loop_tick_age_s']:.0f} s"}
         if d["intake_paused"]:
             return {"level": "error", "reason": f"Intake paused: {d['intake_paused']}"}
+        if d["stuck"]:
+            first = d["stuck"][0]
+            more = f" (and {len(d['stuck']) - 1} more)" if len(d["stuck"]) > 1 else ""
+            return {"level": "error", "reason": f"Stuck: {first['item']}: {first['reason']}{more}"}
         if d["stopping"]:
             return {"level": "warn", "reason": "Shutting down: finishing the current step"}
         if not d["ready"]:
