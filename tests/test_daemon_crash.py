@@ -52,6 +52,9 @@ def test_kill_9_at_random_points_loses_nothing_and_uploads_nothing_twice(tmp_pat
         d = DaemonProcess(cfg, name="final").start()
         try:
             d.wait_for(lambda: d.names_in("done") == set(names), timeout=180, what="all work orders done")
+            # The last folder lands in done/ before its batch row goes to 'done' and its spool archive is
+            # removed (both asserted below), and SIGTERM cancels a finish half-way: wait for them first.
+            d.wait_for_finished(timeout=60)
             assert d.stop() == 0
         finally:
             if d.proc and d.proc.poll() is None:

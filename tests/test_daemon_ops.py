@@ -18,11 +18,15 @@ from helpers.files import free_port
 from helpers.receiver import ReceiverThread
 from helpers.workorders import drop_atomically
 
+_DONE_BATCHES = ("SELECT name, seal_reason, work_order_count, size FROM batches WHERE state = 'done'"
+                 " ORDER BY id")
+_DONE_REASONS = "SELECT seal_reason, work_order_count FROM batches WHERE state = 'done' ORDER BY id"
 
-def _batches(tmp_path: Path) -> list[tuple[str, str, int, int]]:
-    db = sqlite3.connect(tmp_path / "state" / "wodrop.sqlite3")
-    return list(db.execute("SELECT name, seal_reason, work_order_count, size FROM batches"
-                           " WHERE state = 'done' ORDER BY id"))
+
+def _batches(d: DaemonProcess) -> list[tuple[str, str, int, int]]:
+    rows = d.query(_DONE_BATCHES)
+    assert rows is not None, "the state DB cannot be read"
+    return rows
 
 
 def _drop(tmp_path: Path, inbox: Path, names: list[str], **kw: object) -> None:
@@ -37,7 +41,8 @@ def test_batches_seal_by_count(tmp_path: Path) -> None:
             names = [f"WO_{i}" for i in range(6)]
             _drop(tmp_path, d.paths["inbox"], names)
             d.wait_for(lambda: d.names_in("done") == set(names), timeout=30, what="6 done")
-    assert [(reason, n) for _, reason, n, _ in _batches(tmp_path)] == [("count", 3), ("count", 3)]
+            # the batch rows go to 'done' after the last folder's rename: wait for them
+            d.wait_for_db(_DONE_REASONS, [("count", 3), ("count", 3)], timeout=30)
 
 
 def test_batches_seal_by_size_and_a_big_work_order_gets_its_own(tmp_path: Path) -> None:
@@ -50,7 +55,8 @@ def test_batches_seal_by_size_and_a_big_work_order_gets_its_own(tmp_path: Path) 
             _drop(tmp_path, d.paths["inbox"], ["WO_BIG"], images=("A-0.jpg", "A-1.jpg", "A-2.jpg", "A-3.jpg"),
                   image_size=100_000)
             d.wait_for(lambda: "WO_BIG" in d.names_in("done"), timeout=30, what="big one done")
-    batches = _batches(tmp_path)
+            d.wait_for_finished(timeout=30)
+            batches = _batches(d)
     assert all(size <= 300 * 1024 for _, reason, _, size in batches if reason != "single")
     assert [n for _, reason, n, _ in batches if reason == "size"], batches
     assert [(reason, n) for _, reason, n, size in batches if size > 300 * 1024] == [("single", 1)]
@@ -62,7 +68,8 @@ def test_batches_seal_by_age(tmp_path: Path) -> None:
         with DaemonProcess(cfg) as d:
             _drop(tmp_path, d.paths["inbox"], ["WO_A"])
             d.wait_for(lambda: "WO_A" in d.names_in("done"), timeout=30, what="done by age")
-    assert [(reason, n) for _, reason, n, _ in _batches(tmp_path)] == [("age", 1)]
+            # WO_A is renamed into done/ before the DB records its batch done (finding 16)
+            d.wait_for_db(_DONE_REASONS, [("age", 1)], timeout=30)
 
 
 def test_two_daemons_share_one_inbox_and_never_upload_twice(tmp_path: Path) -> None:
@@ -188,9 +195,18 @@ def test_sd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
         while not {"READY=1", "WATCHDOG=1", "STATUS"} <= seen and time.monotonic() < deadline:
             for line in sock.recv(4096).decode().splitlines():
                 seen.add(line.split("=", 1)[0] if line.startswith("STATUS=") else line)
-        assert d.stop() == 0
-        while "STOPPING=1" not in seen:
-            seen.update(sock.recv(4096).decode().splitlines())
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGTERM)
+        # Keep draining while it shuts down: the kernel queues only ~10 datagrams, and WATCHDOG=1 pings
+        # that pile up unread while we wait for the exit would crowd STOPPING=1 out.
+        sock.settimeout(0.5)
+        deadline = time.monotonic() + 20
+        while "STOPPING=1" not in seen and time.monotonic() < deadline:
+            try:
+                seen.update(sock.recv(4096).decode().splitlines())
+            except TimeoutError:
+                pass
+        assert d.proc.wait(timeout=15) == 0
     sock.close()
     assert {"READY=1", "WATCHDOG=1", "STATUS", "STOPPING=1"} <= seen
 
@@ -210,6 +226,8 @@ def test_secrets_never_appear_in_any_output(tmp_path: Path) -> None:
             pages = [urllib.request.urlopen(f"http://127.0.0.1:{port}{p}", timeout=5).read().decode()
                      for p in ("/", "/api/status", "/metrics")]
             d.wait_for(lambda: len(d.names_in("done")) == 4, timeout=60, what="all done")
+            # BAD's report is one of the outputs searched below: wait for it too
+            d.wait_for(lambda: d.names_in("failed") == {"BAD"}, timeout=30, what="BAD in failed/")
         import subprocess
         import sys
 
@@ -277,9 +295,9 @@ def test_a_damaged_spool_archive_is_never_uploaded_and_its_work_orders_are_packe
         cfg = write_config(tmp_path, rx.url, upload={"max_bandwidth": "256KiB"})
         with DaemonProcess(cfg) as d:
             _drop(tmp_path, d.paths["inbox"], ["WO_Z1", "WO_Z2"], image_size=300_000)
-            d.wait_for(lambda: any(e.get("event") == "upload_started" for e in d.events()), timeout=30,
-                       what="upload started")
-            (archive,) = (tmp_path / "state" / "spool").glob("*.zip")
+            (started, *_) = d.wait_for_event("upload_started", timeout=30)
+            # the archive being uploaded (a second, open one may already sit next to it in the spool)
+            archive = d.spool / f"{started['batch']}.zip"
             with open(archive, "r+b") as f:
                 f.truncate(100_000)  # the disk lost the end of it
             d.wait_for(lambda: d.names_in("done") == {"WO_Z1", "WO_Z2"}, timeout=90, what="done")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -53,6 +54,7 @@ class DaemonProcess:
     def __init__(self, config: Path, *, env: dict[str, str] | None = None, name: str = "daemon") -> None:
         self.config = config
         self.env = {**os.environ, "CUSTOMER_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env.setdefault("WODROP_UNSAFE_SHORT_SETTLE", "1")  # write_config's sub-second watch.settle
         self.log_path = config.parent / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.paths = load_paths(config)
@@ -105,8 +107,88 @@ class DaemonProcess:
         raise AssertionError(f"timed out waiting for {what}; log tail:\n" + self.log_path.read_text()[-4000:])
 
     def names_in(self, key: str) -> set[str]:
+        """Work-order folders in ``paths[key]``; dot-names (the daemon's own ``.wodrop``) are not ones."""
         folder = self.paths[key]
-        return {p.name for p in folder.iterdir() if p.is_dir()} if folder.exists() else set()
+        if not folder.exists():
+            return set()
+        return {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+    # ---- waiting for what the daemon commits after a folder shows up --------------------------------
+    # A folder appears in done/ *before* the DB marks its work order done, its batch done and its spool
+    # archive removed (pipeline/finish.py), and SIGTERM cancels a finish half-way: a test that asserts
+    # any of those waits for it, here, while the daemon still runs.
+
+    @property
+    def db_path(self) -> Path:
+        return self.paths["state"] / "wodrop.sqlite3"
+
+    @property
+    def spool(self) -> Path:
+        return self.paths["state"] / "spool"
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]] | None:
+        """Rows of ``sql`` on the state DB, opened read-only (never a writer next to the daemon); None
+        while it cannot be read yet (not created, locked, schema not migrated)."""
+        if not self.db_path.exists():
+            return None
+        try:
+            db = sqlite3.connect(f"{self.db_path.as_uri()}?mode=ro", uri=True, timeout=1)
+        except sqlite3.OperationalError:
+            return None
+        try:
+            return list(db.execute(sql, params))
+        except sqlite3.OperationalError:
+            return None
+        finally:
+            db.close()
+
+    def wait_for_db(self, sql: str, expected: list[tuple[Any, ...]], params: tuple[Any, ...] = (), *,
+                    timeout: float = 60, what: str | None = None) -> list[tuple[Any, ...]]:
+        """Wait until ``query(sql)`` returns exactly ``expected``; the timeout says what it returned."""
+        last: list[list[tuple[Any, ...]] | None] = [None]
+
+        def check() -> bool:
+            last[0] = self.query(sql, params)
+            return last[0] == expected
+
+        try:
+            self.wait_for(check, timeout, what or f"{sql!r} to return {expected!r}")
+        except AssertionError as e:
+            raise AssertionError(f"last returned {last[0]!r}\n{e}") from None
+        return expected
+
+    def in_flight(self) -> dict[str, Any]:
+        """What is not finished yet: batches and work orders in a non-final state, spool files. Empty
+        when the daemon has committed every outcome (None: the DB could not be read just now)."""
+        batches = self.query("SELECT name, state FROM batches WHERE origin = 'daemon'"
+                             " AND state IN ('open', 'sealed', 'uploading', 'uploaded')")
+        work_orders = self.query("SELECT name, state FROM work_orders WHERE state IN ('claimed', 'batched')")
+        if batches is None or work_orders is None:
+            return {"db": None}
+        spool = sorted(p.name for p in self.spool.iterdir()) if self.spool.exists() else []
+        return {k: v for k, v in (("batches", batches), ("work_orders", work_orders), ("spool", spool)) if v}
+
+    def wait_for_finished(self, timeout: float = 60, what: str = "every outcome committed") -> None:
+        """Wait until no batch or work order is in flight and the spool is empty: every move to done/ or
+        failed/ has been recorded in the DB and every finished batch's archive removed."""
+        last: list[dict[str, Any]] = [{}]
+
+        def check() -> bool:
+            last[0] = self.in_flight()
+            return not last[0]
+
+        try:
+            self.wait_for(check, timeout, what)
+        except AssertionError as e:
+            raise AssertionError(f"still in flight: {last[0]!r}\n{e}") from None
+
+    def count_events(self, event: str) -> int:
+        return sum(1 for e in self.events() if e.get("event") == event)
+
+    def wait_for_event(self, event: str, count: int = 1, timeout: float = 60) -> list[dict[str, Any]]:
+        """Wait until the log holds at least ``count`` ``event`` lines; returns them all."""
+        self.wait_for(lambda: self.count_events(event) >= count, timeout, f"{count} x {event!r} in the log")
+        return [e for e in self.events() if e.get("event") == event]
 
 
 def received_work_orders(store: Path) -> list[str]:
