@@ -28,7 +28,7 @@ from wodrop.fsops import utc_stamp
 from wodrop.ledger import Ledger
 from wodrop.logs import get_logger
 from wodrop.pipeline.finish import Finisher, remove_spool_file
-from wodrop.pipeline.guard import Isolation
+from wodrop.pipeline.guard import Isolation, describe
 from wodrop.pipeline.validation import is_sent
 from wodrop.runtime import Runtime
 from wodrop.state import StateDB
@@ -115,7 +115,7 @@ class Batcher:
                 except TimeoutError:
                     if self.open is not None and self.open.oldest is not None and \
                             time.monotonic() >= self.open.oldest + self.rt.cfg.batch.max_age:
-                        await self._guard.run(item_of(self.open), self.seal("age"))
+                        await self._seal_or_drop("age")
                     continue
             await self._add_safely(*item)
 
@@ -218,12 +218,13 @@ class Batcher:
         await self.uploads.put(batch.id)
 
     async def _seal_or_drop(self, reason: str) -> None:
-        """Seal the open archive; if even that fails (no room for the central directory), drop it and
-        pack its work orders again later."""
+        """Seal the open archive; if even that fails (no room for the central directory, a DB error),
+        drop it and pack its work orders again."""
         try:
             await self.seal(reason)
-        except OSError as e:
-            await self._lost_open_batch(f"cannot finish the batch archive: {e.strerror or e}")
+        except Exception as e:
+            log.exception("batch_seal_failed", batch=self.open.name if self.open else None, reason=reason)
+            await self._lost_open_batch(f"cannot finish the batch archive: {describe(e)}")
 
     async def _lost_open_batch(self, why: str, keep: int | None = None) -> None:
         """The open archive cannot be completed: drop it, pack its work orders again (but ``keep``,
@@ -259,11 +260,6 @@ class Batcher:
                           need=format_size(need + self.rt.cfg.batch.min_free_space), spool=str(spool))
             self.rt.intake_paused = SPOOL_FULL
             await asyncio.sleep(5)
-
-
-def item_of(batch: _Open) -> tuple[int, WorkOrderReport]:
-    """The isolation key of a batch-wide step (sealing): its first work order."""
-    return batch.items[0]
 
 
 async def discard(db: StateDB, spool: Path, batch_id: int, archive: Path, why: str) -> list[int]:
