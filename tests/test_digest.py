@@ -45,3 +45,13 @@ def test_of_file_hashes_a_prefix_and_can_be_stopped(tmp_path: Path) -> None:
     stop.set()
     with pytest.raises(Stopped):
         Hashes.of_file(f, stop=stop)
+
+
+def test_crc32c_of_file_is_what_gcs_reports(tmp_path: Path) -> None:
+    from wodrop.digest import crc32c_of_file
+
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"0123456789" * 300_000)
+    expected = crc32c_of_file(f)
+    assert expected.size == 3_000_000 and expected.md5 is None
+    assert expected.crc32c == Hashes.of_file(f).crc32c_b64

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,14 +78,29 @@ class Hashes:
         """Hash the first ``length`` bytes of ``path`` (all when None) in one streaming pass, flat memory.
         Raises :class:`Stopped` when ``stop`` is set first (a thread cannot be cancelled; exit waits)."""
         h = cls()
-        with path.open("rb") as f:
-            while length is None or length > 0:
-                data = f.read(_READ if length is None else min(_READ, length))
-                if not data:
-                    break
-                if stop is not None and stop.is_set():
-                    raise Stopped(path)
-                h.update(data)
-                if length is not None:
-                    length -= len(data)
+        for data in _blocks(path, length, stop):
+            h.update(data)
         return h
+
+
+def crc32c_of_file(path: Path, stop: threading.Event | None = None) -> Expected:
+    """Size and crc32c only: what ``wodrop upload`` checks the server's copy against. crc32c alone
+    detects any damage in transit and costs a tenth of md5 + sha256 (about 0.2 s of CPU per GiB)."""
+    crc, size = 0, 0
+    for data in _blocks(path, None, stop):
+        crc = google_crc32c.extend(crc, data)
+        size += len(data)
+    return Expected(size, None, base64.b64encode(crc.to_bytes(4, "big")).decode("ascii"))
+
+
+def _blocks(path: Path, length: int | None, stop: threading.Event | None) -> Iterator[bytes]:
+    with path.open("rb") as f:
+        while length is None or length > 0:
+            data = f.read(_READ if length is None else min(_READ, length))
+            if not data:
+                return
+            if stop is not None and stop.is_set():
+                raise Stopped(path)
+            yield data
+            if length is not None:
+                length -= len(data)

@@ -399,7 +399,7 @@ class StateDB:
         self._batch_to(batch_id, BatchState.SEALED, durable=True, remote_batch_id=None, upload_url=None,
                        committed_offset=0, last_error=reason)
 
-    def set_digest(self, batch_id: int, *, md5: str, crc32c: str) -> None:
+    def set_digest(self, batch_id: int, *, md5: str | None, crc32c: str) -> None:
         """Cache checksums hashed outside the batcher (``wodrop upload``), so a resume need not re-hash."""
         self._set_batch(batch_id, (BatchState.SEALED, BatchState.UPLOADING), md5=md5, crc32c=crc32c)
 

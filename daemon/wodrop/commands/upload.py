@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from wodrop.cli import EXIT_FAILED, EXIT_OK, UsageError, load_cli_config
 from wodrop.config import Config
-from wodrop.digest import Expected, Hashes, Stopped
+from wodrop.digest import Expected, Stopped, crc32c_of_file
 from wodrop.lifecycle import BatchState, Origin
 from wodrop.logs import get_logger, setup_logging
 from wodrop.redact import redact, register_secret
@@ -139,9 +139,11 @@ def _expired_message(args: argparse.Namespace) -> str | None:
 
 
 async def _hash(job: Job, row_id: int, stop: threading.Event) -> Expected:
-    h = await asyncio.to_thread(Hashes.of_file, job.archive, None, stop)
-    job.db.set_digest(row_id, md5=h.md5_b64, crc32c=h.crc32c_b64)
-    return Expected(h.size, h.md5_b64, h.crc32c_b64)
+    """crc32c of the archive, in a thread while the upload runs (the check only matters at the end)."""
+    expected = await asyncio.to_thread(crc32c_of_file, job.archive, stop)
+    assert expected.crc32c is not None
+    job.db.set_digest(row_id, md5=None, crc32c=expected.crc32c)
+    return expected
 
 
 async def _transfer(job: Job, http: aiohttp.ClientSession, row: BatchRow) -> ServerCopy:
@@ -218,7 +220,7 @@ async def _upload(job: Job) -> int:
         return EXIT_FAILED
     row = _find_or_create_row(job)
     # Hash while uploading (the check only matters at the end); a resume reuses the cached digest.
-    cached = Expected(job.size, row.md5, row.crc32c) if row.md5 and row.crc32c else None
+    cached = Expected(job.size, row.md5, row.crc32c) if row.crc32c else None
     stop = threading.Event()
     hashing = None if cached else asyncio.create_task(_hash(job, row.id, stop))  # awaited below
     started = time.monotonic()

@@ -11,7 +11,7 @@ import asyncio
 import os
 import random
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterable, Callable, Mapping
 
 import aiohttp
 from yarl import URL
@@ -19,11 +19,7 @@ from yarl import URL
 from wodrop import __version__
 from wodrop.config import UploadConfig
 from wodrop.redact import redact
-from wodrop.upload.bandwidth import Bandwidth
 from wodrop.upload.protocol import Retry, RetryPolicy, RetryState
-
-#: bytes per bandwidth-token acquisition: small enough for a smooth rate, big enough to be cheap
-PIECE = 64 * 1024
 
 OnRetry = Callable[[str, float, str], None]
 
@@ -46,20 +42,12 @@ def make_session(cfg: UploadConfig) -> aiohttp.ClientSession:
     )
 
 
-async def _paced(body: bytes, limiter: Bandwidth) -> AsyncIterator[bytes]:
-    view = memoryview(body)
-    for i in range(0, len(body), PIECE):
-        piece = view[i : i + PIECE]
-        await limiter.acquire(len(piece))
-        yield bytes(piece)
-
-
-async def put(http: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str],
-              limiter: Bandwidth | None = None) -> tuple[int, Mapping[str, str], bytes]:
-    """One PUT with a complete body (so a retry can resend it): (status, headers, response body)."""
-    data: bytes | AsyncIterator[bytes] = _paced(body, limiter) if limiter and body else body
-    sent = {**headers, "Content-Length": str(len(body))}
-    async with http.put(url, data=data, headers=sent, allow_redirects=False) as resp:
+async def put(http: aiohttp.ClientSession, url: str, body: AsyncIterable[bytes] | None, length: int,
+              headers: Mapping[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+    """One PUT of ``length`` bytes streamed from ``body`` (None: an empty status query):
+    (status, headers, response body). The explicit Content-Length keeps it a plain, unchunked body."""
+    sent = {**headers, "Content-Length": str(length)}
+    async with http.put(url, data=body if length else b"", headers=sent, allow_redirects=False) as resp:
         return resp.status, resp.headers, await resp.read()
 
 

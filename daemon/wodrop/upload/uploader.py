@@ -1,16 +1,19 @@
 """Drive one archive through a resumable upload: the protocol decides, the transport sends.
 
-Memory stays at one chunk per upload: the chunk is read from disk as one ``bytes`` (so a retry can
-resend it) and dropped before the next one is read.
+PUT bodies are streamed from the archive file in pieces (``PIECE`` bytes, read in a worker thread):
+memory stays at a piece or two per upload whatever ``upload.chunk_size`` (the span one PUT carries),
+and a retry re-reads from disk. A span is one request; the server's answer after it (``308`` +
+``Range``) is what moves the offset, never what was sent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import aiofiles
 import aiohttp
 
 from wodrop.redact import register_secret
@@ -25,6 +28,39 @@ from wodrop.upload.protocol import (
     check_server_copy,
 )
 from wodrop.upload.transport import OnRetry, classify_exception, pause, put
+
+#: bytes read from disk and handed to the socket at a time
+PIECE = 1024 * 1024
+#: bytes per bandwidth-token acquisition under ``upload.max_bandwidth``: a smooth rate
+PACED = 64 * 1024
+
+
+class _Span:
+    """The body of one PUT: bytes [start, start+length) of the archive, read as they are sent.
+
+    A short read (the archive changed on disk) cannot be raised through aiohttp (it would become a
+    connection error, retried forever): it is recorded here and raised after the request."""
+
+    def __init__(self, fd: int, name: str, start: int, length: int, limiter: Bandwidth | None) -> None:
+        self.fd, self.name, self.start, self.length, self.limiter = fd, name, start, length, limiter
+        self.changed: ArchiveChanged | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        pos, end = self.start, self.start + self.length
+        while pos < end:
+            n = min(PIECE, end - pos)
+            data = await asyncio.to_thread(os.pread, self.fd, n, pos)
+            if len(data) != n:
+                self.changed = ArchiveChanged(f"{self.name} is shorter than it was: it changed on disk")
+                raise self.changed
+            if self.limiter is None:
+                yield data
+            else:
+                view = memoryview(data)
+                for i in range(0, n, PACED):
+                    await self.limiter.acquire(min(PACED, n - i))
+                    yield bytes(view[i : i + PACED])
+            pos += n
 
 
 async def upload_archive(
@@ -53,25 +89,24 @@ async def upload_archive(
     session = ResumableUpload(size, chunk_size, known_offset=known_offset)
     state = RetryState(retry)
     reported = session.offset
-    async with aiofiles.open(archive, "rb") as f:
+    fd = await asyncio.to_thread(os.open, archive, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_size != size:
+            raise ArchiveChanged(f"{archive.name} is not {size} bytes any more: it changed on disk")
         while not session.complete:
             req = session.next_request()
-            body = b""
-            if req.length:
-                await f.seek(req.start)
-                body = await f.read(req.length)
-                if len(body) != req.length:
-                    raise ArchiveChanged(f"{archive.name} is shorter than {size} bytes: it changed on disk")
+            span = _Span(fd, archive.name, req.start, req.length, limiter) if req.length else None
             try:
-                status, headers, answer = await put(http, upload_url, body, req.headers, limiter)
+                status, headers, answer = await put(http, upload_url, span, req.length, req.headers)
             except Exception as exc:
+                if span is not None and span.changed is not None:
+                    raise span.changed from None
                 transient = classify_exception(exc, upload_url)
                 if transient is None:
                     raise
                 session.failed()
             else:
                 transient = session.receive(status, headers, answer, now=time.time())
-            del body
             if session.offset != reported:
                 if session.offset > reported:
                     state.progressed()
@@ -80,6 +115,8 @@ async def upload_archive(
                     on_offset(reported)
             if transient is not None:
                 await pause(state, transient, on_retry)
+    finally:
+        os.close(fd)
     assert session.server_copy is not None
     check_server_copy(session.server_copy, size, expected)
     return session.server_copy
