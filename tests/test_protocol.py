@@ -176,13 +176,23 @@ def test_resume_starts_with_a_status_query_and_follows_the_server() -> None:
     assert up.next_request().start == 2 * K
 
 
-def test_no_status_query_before_a_first_byte_was_confirmed() -> None:
+def test_no_status_query_before_a_first_byte_was_sent() -> None:
     for hint in (None, 0):
         up = ResumableUpload(4 * K, 2 * K, known_offset=hint)
         assert not up.next_request().query
-        up.failed()  # e.g. the connection dropped during the first chunk
-        req = up.next_request()
-        assert not req.query and req.start == 0
+
+
+def test_status_query_after_a_first_span_failed() -> None:
+    """The connection dropped during the first span: the server keeps what arrived (GCS saves in 256
+    KiB units as they come), so ask before sending it all again."""
+    up = ResumableUpload(4 * K, 2 * K)
+    up.next_request()
+    up.failed()
+    req = up.next_request()
+    assert req.query
+    assert up.receive(308, {"Range": f"bytes=0-{K - 1}"}, b"", now=0.0) is None
+    req = up.next_request()
+    assert (req.start, req.end, req.query) == (K, 3 * K, False)
 
 
 def test_status_query_after_a_failure_once_bytes_are_confirmed() -> None:

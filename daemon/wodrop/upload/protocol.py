@@ -414,9 +414,10 @@ class ResumableUpload:
         return self._pending
 
     def failed(self) -> None:
-        """The request got no usable answer (timeout, reset): ask the server where it stands next."""
-        self._pending = None
-        self._need_query = self.offset > 0
+        """The request got no usable answer (timeout, reset): ask the server where it stands next.
+        Also after a first span that failed: the server keeps what arrived before the drop."""
+        req, self._pending = self._pending, None
+        self._need_query = self.offset > 0 or (req is not None and not req.query)
 
     def receive(self, status: int, headers: Mapping[str, str], body: bytes, *, now: float) -> Retry | None:
         """Interpret the answer to :meth:`next_request`. None: the state advanced (see ``offset`` and
@@ -453,6 +454,7 @@ class ResumableUpload:
             raise SessionExpired("the upload session was cancelled")
         retry = classify_status(status, headers, body, now=now, what="the upload server")
         if retry is not None:
+            self._pending = req
             self.failed()
             return retry
         detail = detail_text(body)
