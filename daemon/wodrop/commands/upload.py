@@ -182,7 +182,7 @@ async def _transfer(job: Job, http: aiohttp.ClientSession, row: BatchRow) -> Ser
         progress.update(0)
 
     hooks = SessionHooks(open=lambda: _open_session(job, http), on_expired=on_expired, on_offset=on_offset,
-                         on_retry=job.on_retry, on_start=on_start)
+                         on_retry=job.on_retry, on_start=on_start, on_progress=progress.update)
     try:
         return await upload_session(db, row.id, http, job.archive, hooks, chunk_size=cfg.upload.chunk_size,
                                     retry=job.retry, limiter=limiter)

@@ -133,14 +133,18 @@ class Uploads:
             await self.repack.put(wo_id)
 
     def _hooks(self, row: BatchRow, progress: UploadProgress) -> SessionHooks:
+        confirmed = [row.committed_offset]  # what the server confirmed (progress.sent runs ahead of it)
+
         def on_expired(e: SessionExpired) -> None:
             metrics.RETRIES.labels(cause="session_expired").inc()
             log.warning("upload_session_expired", batch=row.name, error=str(e),
                         action="creating a new session, starting from byte 0")
+            confirmed[0] = 0
             progress.update(0)
 
         def on_offset(offset: int) -> None:
-            metrics.BYTES_UPLOADED.inc(max(0, offset - progress.sent))
+            metrics.BYTES_UPLOADED.inc(max(0, offset - confirmed[0]))
+            confirmed[0] = offset
             progress.update(offset)
 
         def on_start(remote: str | None, known: int | None) -> None:
@@ -148,7 +152,8 @@ class Uploads:
                      resumed=bool(known), remote_batch_id=remote)
 
         return SessionHooks(open=lambda: self._open_session(self.db.batch(row.id)), on_expired=on_expired,
-                            on_offset=on_offset, on_retry=self._on_retry(row), on_start=on_start)
+                            on_offset=on_offset, on_retry=self._on_retry(row), on_start=on_start,
+                            on_progress=progress.update)
 
     async def _record_delivery(self, row: BatchRow) -> None:
         """The server holds the batch: tell every instance on the share (the ledger), before the DB."""

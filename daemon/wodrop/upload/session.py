@@ -43,6 +43,8 @@ class SessionHooks:
     on_retry: OnRetry | None = None
     #: called with (remote batch id, resumed offset or None) when a transfer starts
     on_start: Callable[[str | None, int | None], None] | None = None
+    #: bytes handed to the socket so far (a display; ``on_offset`` is what the server confirmed)
+    on_progress: Callable[[int], None] | None = None
 
 
 async def upload_session(
@@ -77,6 +79,7 @@ async def upload_session(
             copy = await upload_archive(
                 http, archive, url, size=row.size, chunk_size=chunk_size, retry=retry, limiter=limiter,
                 known_offset=known, expected=expected, on_offset=on_offset, on_retry=hooks.on_retry,
+                on_progress=hooks.on_progress,
             )
         except SessionExpired as e:
             db.clear_session(batch_id, str(e))

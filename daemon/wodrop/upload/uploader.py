@@ -41,8 +41,10 @@ class _Span:
     A short read (the archive changed on disk) cannot be raised through aiohttp (it would become a
     connection error, retried forever): it is recorded here and raised after the request."""
 
-    def __init__(self, fd: int, name: str, start: int, length: int, limiter: Bandwidth | None) -> None:
+    def __init__(self, fd: int, name: str, start: int, length: int, limiter: Bandwidth | None,
+                 on_progress: Callable[[int], None] | None) -> None:
         self.fd, self.name, self.start, self.length, self.limiter = fd, name, start, length, limiter
+        self.on_progress = on_progress
         self.changed: ArchiveChanged | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -61,6 +63,8 @@ class _Span:
                     await self.limiter.acquire(min(PACED, n - i))
                     yield bytes(view[i : i + PACED])
             pos += n
+            if self.on_progress is not None:
+                self.on_progress(pos)
 
 
 async def upload_archive(
@@ -76,14 +80,16 @@ async def upload_archive(
     expected: ExpectedDigest | None = None,
     on_offset: Callable[[int], None] | None = None,
     on_retry: OnRetry | None = None,
+    on_progress: Callable[[int], None] | None = None,
 ) -> ServerCopy:
     """Upload ``archive`` (``size`` bytes) to ``upload_url``, resuming from what the server holds.
 
     ``known_offset`` is the last offset the server confirmed (from the state DB): a hint, checked by
-    a status query. ``on_offset(n)`` runs after every newly confirmed offset so the caller can persist
-    it; ``on_retry(cause, delay, message)`` before every backoff. Returns what the server reported about
-    its copy, after checking it against ``expected`` when given. Raises the ``UploadError``s of
-    :mod:`wodrop.upload.protocol`.
+    a status query. ``on_offset(n)`` runs after every newly confirmed offset so the caller can
+    persist it; ``on_retry(cause, delay, message)`` before every backoff; ``on_progress(n)`` as bytes
+    are handed to the socket (for progress displays only: not confirmed, never persisted). Returns
+    what the server reported about its copy, after checking it against ``expected`` when given.
+    Raises the ``UploadError``s of :mod:`wodrop.upload.protocol`.
     """
     register_secret(upload_url)
     session = ResumableUpload(size, chunk_size, known_offset=known_offset)
@@ -95,7 +101,8 @@ async def upload_archive(
             raise ArchiveChanged(f"{archive.name} is not {size} bytes any more: it changed on disk")
         while not session.complete:
             req = session.next_request()
-            span = _Span(fd, archive.name, req.start, req.length, limiter) if req.length else None
+            span = _Span(fd, archive.name, req.start, req.length, limiter, on_progress) \
+                if req.length else None
             try:
                 status, headers, answer = await put(http, upload_url, span, req.length, req.headers)
             except Exception as exc:
