@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from wodrop.units import format_duration, parse_duration, parse_size
+from wodrop.upload.schedule import BandwidthSchedule, bandwidth_setting, parse_bandwidth
 
 CONFIG_ENV = "WODROP_CONFIG"
 ENV_PREFIX = "WODROP__"
@@ -166,7 +167,9 @@ class UploadConfig(_Section):
     concurrency: int = Field(default=2, ge=1, le=64)
     #: bytes one PUT carries, streamed from disk: large spans cost one round trip each (bench/RESULTS.md)
     chunk_size: Size = 128 * 1024**2
-    max_bandwidth: Size | None = None
+    #: bytes/s for all uploads together: a size, off, or a timetable ``"08:00,2MiB 19:00,off"`` (kept as
+    #: its text; :attr:`bandwidth` reads it), see :mod:`wodrop.upload.schedule`
+    max_bandwidth: Annotated[Size | str | None, BeforeValidator(bandwidth_setting)] = None
     connect_timeout: Duration = 30.0
     read_timeout: Duration = 300.0
     retry_initial_delay: Duration = 1.0
@@ -192,10 +195,10 @@ class UploadConfig(_Section):
             raise ValueError("expected a multiple of 256KiB (262144 bytes), like 128MiB")
         return v
 
-    @field_validator("max_bandwidth")
-    @classmethod
-    def _positive_bandwidth(cls, v: int | None) -> int | None:
-        return v or None
+    @property
+    def bandwidth(self) -> BandwidthSchedule:
+        """``max_bandwidth`` as a schedule (a constant rate or a timetable)."""
+        return parse_bandwidth(self.max_bandwidth)
 
 
 class ApiConfig(_Section):

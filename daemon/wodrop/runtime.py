@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from wodrop.config import Config
 from wodrop.state import StateDB
+from wodrop.upload.bandwidth import Throttle
 from wodrop.waiting import WaitingFolder
 
 
@@ -58,6 +59,8 @@ class Runtime:
     api_key_accepted: bool | None = None
     #: why intake is paused (disk full, spool full), or None
     intake_paused: str | None = None
+    #: the upload rate limit and its timetable (``upload.max_bandwidth``), once uploads are set up
+    bandwidth: Throttle | None = None
     #: "events" | "polling" | "restarting"
     watcher: str = "starting"
     last_loop_tick: float = field(default_factory=time.monotonic)

@@ -34,7 +34,7 @@ from wodrop.secrets import SecretError, resolve_api_key
 from wodrop.state import BatchRow, StateDB
 from wodrop.units import format_duration, format_size
 from wodrop.upload import api
-from wodrop.upload.bandwidth import Bandwidth
+from wodrop.upload.bandwidth import Throttle
 from wodrop.upload.protocol import (
     RetryPolicy,
     ServerCopy,
@@ -153,7 +153,7 @@ async def _transfer(job: Job, http: aiohttp.ClientSession, row: BatchRow) -> Ser
     if row.upload_url is not None and not _reusable(row, job.args):
         db.clear_session(row.id, "a different session was asked for on the command line")
         row = db.batch(row.id)
-    limiter = Bandwidth(cfg.upload.max_bandwidth) if cfg.upload.max_bandwidth else None
+    throttle = Throttle(cfg.upload.bandwidth)  # a timetable is followed while the upload runs
     progress = Progress(job.archive.name, job.size, row.committed_offset,
                         bar=sys.stderr.isatty() and not job.args.no_progress)
     resuming, sessions = False, 0
@@ -184,8 +184,9 @@ async def _transfer(job: Job, http: aiohttp.ClientSession, row: BatchRow) -> Ser
     hooks = SessionHooks(open=lambda: _open_session(job, http), on_expired=on_expired, on_offset=on_offset,
                          on_retry=job.on_retry, on_start=on_start, on_progress=progress.update)
     try:
-        return await upload_session(db, row.id, http, job.archive, hooks, chunk_size=cfg.upload.chunk_size,
-                                    retry=job.retry, limiter=limiter)
+        async with throttle.following() as limiter:
+            return await upload_session(db, row.id, http, job.archive, hooks,
+                                        chunk_size=cfg.upload.chunk_size, retry=job.retry, limiter=limiter)
     finally:
         progress.close()
 

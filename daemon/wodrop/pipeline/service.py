@@ -4,7 +4,7 @@ Stages are joined by bounded queues, so a slow stage holds the ones before it ba
 wait in the inbox. SIGTERM/SIGINT cancel the tasks: every state that matters is already in the DB or
 on disk (offsets after each chunk, the open archive is rebuilt at the next start), so stopping is quick
 and a half-written archive is never uploaded. SIGHUP reloads the config (the settings that can change
-live: watch, format, batch limits, log level).
+live: watch, format, batch limits, log level, upload.max_bandwidth).
 """
 
 from __future__ import annotations
@@ -209,6 +209,7 @@ class Daemon:
                         self._task(tg, "heartbeat", self._heartbeat(rt)),
                         self._task(tg, "watchdog", watchdog_loop(self.notifier, rt)),
                         self._task(tg, "check-key", uploads.check_key()),
+                        self._task(tg, "bandwidth", uploads.throttle.run()),
                     ]
                     tasks += [self._task(tg, f"upload-{i}", uploads.worker(upload_q))
                               for i in range(cfg.upload.concurrency)]
@@ -248,10 +249,13 @@ class Daemon:
             return
         if new.paths != rt.cfg.paths or new.api != rt.cfg.api or new.status != rt.cfg.status:
             log.warning("reload_needs_restart", note="paths, api and status settings apply after a restart")
+        upload = rt.cfg.upload.model_copy(update={"max_bandwidth": new.upload.max_bandwidth})
         live = rt.cfg.model_copy(update={"watch": new.watch, "format": new.format, "batch": new.batch,
-                                         "log": new.log})
+                                         "log": new.log, "upload": upload})
         rt.cfg = live
         setup_logging(live.log.level, live.log.format)
+        if rt.bandwidth is not None:  # the running uploads too
+            rt.bandwidth.replace(live.upload.bandwidth)
         log.info("config_reloaded", source=str(self.cfg.source))
         self.notifier.ready("config reloaded")
 

@@ -30,7 +30,7 @@ from wodrop.runtime import Runtime, UploadProgress
 from wodrop.state import BatchRow
 from wodrop.units import format_duration, format_size
 from wodrop.upload.api import check_key, create_batch
-from wodrop.upload.bandwidth import Bandwidth
+from wodrop.upload.bandwidth import Bandwidth, Throttle
 from wodrop.upload.protocol import (
     ArchiveChanged,
     AuthRefused,
@@ -58,8 +58,10 @@ class Uploads:
         self.http, self.api_url, self.api_key = http, api_url, api_key
         #: the validation queue: work orders of an archive that went bad in the spool start over there
         self.repack = repack
-        bw = runtime.cfg.upload.max_bandwidth
-        self.limiter = Bandwidth(bw) if bw else None
+        # Always a limiter (no limit by default), so that a timetable or a SIGHUP can start limiting an
+        # upload already running; the throttle keeps its rate on upload.max_bandwidth's timetable.
+        self.throttle = runtime.bandwidth = Throttle(runtime.cfg.upload.bandwidth)
+        self.limiter: Bandwidth = self.throttle.limiter
         self._auth_ok = asyncio.Event()
         self._auth_ok.set()
 

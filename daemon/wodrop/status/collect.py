@@ -114,6 +114,20 @@ def _inbox(db: StateDB, runtime: Runtime | None, now: float) -> dict[str, Any] |
     }
 
 
+def _bandwidth(runtime: Runtime) -> dict[str, Any] | None:
+    """The upload rate limit in force (None: no limit), the timetable, and when and to what it changes."""
+    throttle = runtime.bandwidth
+    if throttle is None:  # uploads not set up yet
+        return None
+    at = throttle.next_change_at
+    return {
+        "limit_bytes_per_s": throttle.limiter.rate,
+        "schedule": throttle.schedule.text if throttle.schedule.is_timetable else None,
+        "next_change_at": iso(at.timestamp()) if at is not None else None,
+        "next_limit_bytes_per_s": throttle.next_rate if at is not None else None,
+    }
+
+
 def _daemon(runtime: Runtime, now_mono: float) -> dict[str, Any]:
     return {
         "started_at": iso(runtime.started_at),
@@ -125,6 +139,7 @@ def _daemon(runtime: Runtime, now_mono: float) -> dict[str, Any]:
         "intake_paused": runtime.intake_paused,
         "loop_tick_age_s": round(now_mono - runtime.last_loop_tick, 3),
         "stuck": [{"item": item, "reason": reason} for item, reason in sorted(runtime.stuck.items())],
+        "bandwidth": _bandwidth(runtime),
     }
 
 

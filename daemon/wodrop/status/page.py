@@ -185,6 +185,26 @@ def _counts(counts: dict[str, dict[str, int]]) -> str:
     return f'<div class="counts">{"".join(tables)}</div>'
 
 
+def _rate(rate: float | None) -> str:
+    return "no limit" if rate is None else f"{format_size(rate)}/s"
+
+
+def _bandwidth_tile(d: dict[str, Any] | None) -> tuple[str, str, str] | None:
+    """(value, label, title) of the upload-limit tile: the limit now and the next change, in the
+    daemon's local time (the timetable's); None when uploads are never limited."""
+    bw = d.get("bandwidth") if d else None
+    if not bw or (bw["limit_bytes_per_s"] is None and not bw["schedule"]):
+        return None
+    label = "upload limit"
+    if bw["next_change_at"]:
+        at = datetime.fromisoformat(bw["next_change_at"]).astimezone()
+        today = at.date() == datetime.now().astimezone().date()
+        when = at.strftime("%H:%M" if today else "%a %H:%M")
+        label += f" · {_rate(bw['next_limit_bytes_per_s'])} from {when}"
+    title = f"upload.max_bandwidth: {bw['schedule']} (local time)" if bw["schedule"] else ""
+    return _rate(bw["limit_bytes_per_s"]), label, title
+
+
 def _tiles(status: dict[str, Any]) -> str:
     inbox = status["inbox"]
     wo = status["counts"]["work_orders"]
@@ -198,11 +218,17 @@ def _tiles(status: dict[str, Any]) -> str:
         (wo.get("done", 0), "work orders delivered", False),
         (status["failed_today"], "failed today", status["failed_today"] > 0),
     ]
-    return '<div class="tiles">' + "".join(
+    html_tiles = [
         f'<div class="tile{" bad" if bad else ""}"><div class="n">{_e(n)}</div><div class="l">{_e(label)}'
         "</div></div>"
         for n, label, bad in tiles
-    ) + "</div>"
+    ]
+    bandwidth = _bandwidth_tile(status["daemon"])
+    if bandwidth is not None:
+        value, label, title = bandwidth
+        html_tiles.append(f'<div class="tile" id="bandwidth" title="{_e(title)}"><div class="n">{_e(value)}'
+                          f'</div><div class="l">{_e(label)}</div></div>')
+    return '<div class="tiles">' + "".join(html_tiles) + "</div>"
 
 
 def render_page(status: dict[str, Any]) -> str:
