@@ -272,11 +272,16 @@ def test_lagging_uploads_stop_intake_and_the_spool_stays_bounded(tmp_path: Path)
     names = [f"WO_{i}" for i in range(8)]
     with ReceiverThread(tmp_path / "rx", faults="slow=1s:1.0") as rx:
         cfg = write_config(tmp_path, rx.url, batch={"max_sealed": 1, "max_work_orders": 1},
-                           upload={"concurrency": 1})
+                           upload={"concurrency": 1}, watch={"ready_marker": ".ready"})
         with DaemonProcess(cfg) as d:
-            _drop(tmp_path, d.paths["inbox"], names)
-            d.wait_for(lambda: any(e.get("event") == "intake_paused" for e in d.events()), timeout=30,
-                       what="intake paused")
+            inbox = d.paths["inbox"]
+            _drop(tmp_path, inbox, names)
+            # Released one at first: dropped ready all at once, the 8 could all be claimed (in one scan)
+            # before the first batch is sealed, and no folder would be left to wait for the pause.
+            (inbox / names[0] / ".ready").touch()
+            d.wait_for_event("intake_paused", timeout=30)
+            for name in names[1:]:
+                (inbox / name / ".ready").touch()
             most_spooled, deadline = 0, time.monotonic() + 90
             while d.names_in("done") != set(names):
                 assert time.monotonic() < deadline, "uploads did not catch up"

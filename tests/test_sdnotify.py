@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -97,11 +98,24 @@ async def test_watchdog_loop_pings_and_reports_status(systemd: FakeSystemd, tmp_
     assert n.watchdog_interval() == 0.05
     task = asyncio.create_task(watchdog_loop(n, fx.runtime, status_every=0.2))
     got: list[str] = []
-    for i in range(80):  # drain like systemd does: the kernel queues only ~10 datagrams
-        await asyncio.sleep(0.01)
-        got += systemd.received()
-        if i == 50:
-            fx.runtime.pending.clear()
+
+    async def drain(at_least: int, until: Callable[[], bool]) -> None:
+        """Drain like systemd does (the kernel queues only ~10 datagrams): ``at_least`` rounds, then
+        until ``until()`` holds, within a deadline (a loaded machine stretches every sleep)."""
+        deadline = time.monotonic() + 20
+        for i in itertools.count():
+            await asyncio.sleep(0.01)
+            got.extend(systemd.received())
+            if i + 1 >= at_least and until():
+                return
+            assert time.monotonic() < deadline, f"timed out; received {got}"
+
+    def status_lines() -> list[str]:
+        return [m for m in got if m.startswith("STATUS=")]
+
+    await drain(51, lambda: got.count("WATCHDOG=1") >= 10 and bool(status_lines()))
+    fx.runtime.pending.clear()
+    await drain(29, lambda: status_lines()[-1].startswith("STATUS=0 pending, "))
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -127,9 +141,13 @@ async def test_status_dropped_by_a_full_queue_is_sent_again(systemd: FakeSystemd
     task = asyncio.create_task(watchdog_loop(notifier, fx.runtime, status_every=0.05))
     await asyncio.sleep(0.15)
     assert set(systemd.received()) == {"FILLER=1"}  # the first STATUS= was dropped
-    await asyncio.sleep(0.15)
+    got: list[str] = []
+    deadline = time.monotonic() + 20  # sent again within status_every; a loaded machine stretches that
+    while not any(m.startswith("STATUS=3 pending") for m in got) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+        got += systemd.received()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert any(m.startswith("STATUS=3 pending") for m in systemd.received())
+    assert any(m.startswith("STATUS=3 pending") for m in got), got
     fx.db.close()

@@ -61,9 +61,11 @@ class DaemonProcess:
 
     def start(self) -> DaemonProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process for its lifetime
+        # faulthandler: a daemon that hangs on SIGTERM is sent SIGABRT by stop() and logs every stack
+        env = {"PYTHONFAULTHANDLER": "1", **self.env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "wodrop", "run", "-c", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
         )
         log.close()
         return self
@@ -71,14 +73,29 @@ class DaemonProcess:
     def __enter__(self) -> DaemonProcess:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if self.proc and self.proc.poll() is None:
-            self.stop()
+            if exc_type is None:
+                self.stop()
+            else:  # the test already failed: don't hide why behind a shutdown problem
+                self.kill()
 
     def stop(self, timeout: float = 15) -> int:
+        """SIGTERM and wait for the exit status. A daemon still running after ``timeout`` is a bug (it
+        exits in well under a second): its threads' stacks go to the log and the test fails with them."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            tail = self.log_path.read_text(errors="replace")[-8000:]
+            raise AssertionError(f"the daemon did not exit within {timeout}s of SIGTERM; stacks at SIGABRT "
+                                 f"and log tail:\n{tail}") from None
 
     def kill(self) -> None:
         assert self.proc is not None
