@@ -7,12 +7,14 @@ to a temp file, fsynced and renamed, so a crash leaves either no report or a who
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
 import hashlib
 import json
 import os
+import secrets
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -117,14 +119,31 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temp file + fsync + rename (never a half-written report)."""
-    tmp = path.with_name(fit_name(f".{path.name}", f".{os.getpid()}.tmp"))
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON to ``path`` via a temp file + fsync + rename (never a half-written report).
+
+    The temp file has an unpredictable name and is created with ``O_EXCL|O_NOFOLLOW``: in a shared
+    folder (failed/) someone could plant a link under a guessable name to make wodrop write through it.
+    """
+    for _ in range(100):
+        tmp = path.with_name(fit_name(f".{path.name}", f".{secrets.token_hex(6)}.tmp"))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
+    try:
+        with open(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def failure_report(

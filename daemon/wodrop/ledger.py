@@ -49,8 +49,11 @@ class Ledger:
         """Create the folder (hidden: the intake and people's scripts skip dot-names) and read all files.
         A line torn by a crash mid-append is closed with a newline so the next one starts clean."""
         self.dir.mkdir(exist_ok=True)
+        if self.dir.is_symlink():
+            raise OSError(40, "the ledger folder is a symbolic link; wodrop never writes through links",
+                          str(self.dir))
         try:
-            with open(self.path, "rb") as f:
+            with open(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
                 f.seek(-1, os.SEEK_END)
                 torn = f.read(1) != b"\n"
         except FileNotFoundError:
@@ -74,7 +77,7 @@ class Ledger:
     def _read_new(self, name: str) -> None:
         start = self._read.get(name, 0)
         try:
-            with open(self.dir / name, "rb") as f:
+            with open(os.open(self.dir / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
                 f.seek(start)
                 data = f.read()
         except OSError as e:
@@ -104,7 +107,8 @@ class Ledger:
                 self._delivered.setdefault(d.work_order, d)
 
     def _append(self, data: bytes) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # O_NOFOLLOW: done/ is shared; a link planted in place of the ledger is refused, not written through
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             view = memoryview(data)
             while view:  # whole lines in (usually) one write; a reader keeps a partial tail for later
