@@ -106,6 +106,23 @@ def lock_instance(folder: Path, what: str) -> int:
     return fd
 
 
+async def cancel_all(tasks: list[asyncio.Task[None]], rounds: int = 50, every: float = 0.2) -> None:
+    """Cancel the pipeline's tasks, and cancel again any that survived: on Python 3.11,
+    ``asyncio.wait_for`` swallows a cancellation that lands as its inner future completes (CPython
+    gh-86296), which left a stage running after SIGTERM and the daemon never exiting."""
+    pending = [t for t in tasks if not t.done()]
+    for _ in range(rounds):
+        if not pending:
+            return
+        for t in pending:
+            t.cancel()
+        _, still = await asyncio.wait(pending, timeout=every)
+        pending = list(still)
+        if pending:
+            log.warning("stage_ignored_cancel", tasks=[t.get_name() for t in pending],
+                        action="cancelling again")
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = absolute(cfg)
@@ -221,8 +238,7 @@ class Daemon:
                     await self.stop.wait()
                     rt.stopping, rt.ready = True, False
                     self.notifier.stopping()
-                    for t in tasks:
-                        t.cancel()
+                    await cancel_all(tasks)
             finally:
                 if status_runner is not None:
                     await status_runner.cleanup()
