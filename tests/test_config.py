@@ -272,3 +272,24 @@ def test_cli_config_error_exits_2_without_traceback(tmp_path: Path) -> None:
         assert "batch.max_bytes: expected a size like 512MiB" in run.stderr
         assert "Traceback" not in run.stderr and run.stdout == ""
     assert not (tmp_path / "x.zip").exists()
+
+
+def test_api_url_with_a_password_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "api: {url: 'https://user:S3CRETPW@api.example.test/'}\n"), environ={})
+    assert "api.url" in str(e.value) and "user or password" in str(e.value)
+    assert "S3CRETPW" not in str(e.value)
+
+
+def test_status_listen_accepts_yaml_off_and_explains_a_bare_port(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "status: {listen: off}\n"), environ={}).status.listen is None
+    with pytest.raises(ConfigError, match=r"status.listen: expected HOST:PORT like 127.0.0.1:9410"):
+        load_config(write(tmp_path, "status: {listen: 9410}\n"), environ={})
+
+
+def test_ca_bundle_must_be_a_readable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="upload.ca_bundle: .* is not a readable file"):
+        load_config(write(tmp_path, f"upload: {{ca_bundle: {tmp_path}}}\n"), environ={})
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert load_config(write(tmp_path, f"upload: {{ca_bundle: {pem}}}\n"), environ={}).upload.ca_bundle == pem

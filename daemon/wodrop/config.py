@@ -177,6 +177,13 @@ class UploadConfig(_Section):
     max_retries: int = Field(default=10, ge=0, description="consecutive failures before `upload` gives up")
     ca_bundle: Path | None = None
 
+    @field_validator("ca_bundle")
+    @classmethod
+    def _readable_bundle(cls, v: Path | None) -> Path | None:
+        if v is not None and not (v.is_file() and os.access(v, os.R_OK)):
+            raise ValueError(f"{v} is not a readable file of PEM certificates")
+        return v
+
     @field_validator("connect_timeout", "read_timeout")
     @classmethod
     def _timeout_floor(cls, v: float) -> float:
@@ -212,11 +219,25 @@ class ApiConfig(_Section):
             return None
         if not re.match(r"^https?://[^/\s]+", v):
             raise ValueError("expected a URL like https://api.<site-id>.customers.deepomatic.com")
+        if "@" in v.split("://", 1)[1].split("/", 1)[0]:
+            # never echo the value: it holds a password
+            raise ValueError("must not contain a user or password (user:password@); the API key goes in "
+                             "CUSTOMER_API_KEY or api.api_key_file")
         return v.rstrip("/")
 
 
 class StatusConfig(_Section):
     listen: str | None = "127.0.0.1:9410"
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        """YAML reads a bare ``off`` as false; a bare port is a common slip: say what is expected."""
+        if v is False:
+            return None
+        if isinstance(v, int) and not isinstance(v, bool):
+            raise ValueError(f"expected HOST:PORT like 127.0.0.1:{v}, or off")
+        return v
 
     @field_validator("listen")
     @classmethod
