@@ -288,7 +288,7 @@ def test_status_listen_accepts_yaml_off_and_explains_a_bare_port(tmp_path: Path)
 
 
 def test_ca_bundle_must_be_a_readable_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="upload.ca_bundle: .* is not a readable file"):
+    with pytest.raises(ConfigError, match=r"upload\.ca_bundle: .* is not a readable file"):
         load_config(write(tmp_path, f"upload: {{ca_bundle: {tmp_path}}}\n"), environ={})
     pem = tmp_path / "ca.pem"
     pem.write_text("-----BEGIN CERTIFICATE-----\n")

@@ -262,3 +262,26 @@ def test_instances_on_one_share_know_each_others_deliveries(tmp_path: Path) -> N
     for name in names:
         report = json.loads((share / "failed" / f"{name}.error.json").read_text())
         assert [e["code"] for e in report["errors"]] == ["duplicate_work_order"]
+
+
+def test_a_work_order_larger_than_the_whole_spool_disk_fails_and_does_not_block_the_others(
+    tmp_path: Path,
+) -> None:
+    """Found by the hostile tester: a 5 MB work order on a 3 MB spool waited forever, and every folder
+    behind it with it, while /healthz and /readyz said all was well."""
+    state = tmp_path / "state"
+    small = [f"WO_{i}" for i in range(4)]
+    with small_disk(state, "3m"), ReceiverThread(tmp_path / "received") as rx:
+        cfg = write_config(tmp_path, rx.url, batch={"min_free_space": "100KiB"})
+        with DaemonProcess(cfg) as d:
+            drop_atomically(tmp_path / "staging", d.paths["inbox"], "WO_BIG", images=("A.jpg",),
+                            image_size=5_000_000)
+            for name in small:
+                drop_atomically(tmp_path / "staging", d.paths["inbox"], name)
+            d.wait_for(lambda: d.names_in("done") == set(small) and d.names_in("failed") == {"WO_BIG"},
+                       timeout=90, what="the small ones done, WO_BIG failed")
+            d.wait_for_finished()
+            assert d.stop() == 0
+        report = json.loads((d.paths["failed"] / "WO_BIG.error.json").read_text())
+        assert [e["code"] for e in report["errors"]] == ["too_large_for_spool"]
+    assert sorted(received_work_orders(rx.store)) == small

@@ -63,6 +63,14 @@ class _Open:
         return {r.id for _, r in self.items}
 
 
+class TooLargeForSpool(Exception):
+    """A work order that cannot fit in the spool's disk even when the spool is empty."""
+
+    def __init__(self, need: int, total: int) -> None:
+        super().__init__(f"needs {need} bytes, the spool's disk has {total}")
+        self.need, self.total = need, total
+
+
 class SpoolSlots:
     """At most ``batch.max_sealed`` sealed batches wait in the spool; sealing waits for a free slot."""
 
@@ -139,7 +147,20 @@ class Batcher:
             self.open.writer.size + est > cfg.batch.max_bytes or report.id in self.open.ids
         ):
             await self.seal("size" if report.id not in self.open.ids else "duplicate")
-        await self._wait_for_space(est)
+        try:
+            await self._wait_for_space(est)
+        except TooLargeForSpool as e:
+            # Nothing else holds spool space and the whole disk is too small: waiting would block every
+            # work order behind this one forever.
+            await self.finisher.fail_work_order(self.db.work_order(wo_id), "validation", [{
+                "code": "too_large_for_spool", "file": None,
+                "message": f"Work order {report.id} needs {format_size(e.need)} in the spool, but the "
+                           f"spool's disk holds only {format_size(e.total)} in all (paths.state). Give the "
+                           "spool a larger disk, or split the work order, then use wodrop retry.",
+            }])
+            if self.rt.intake_paused == SPOOL_FULL:
+                self.rt.intake_paused = None
+            return
         if self.open is None:
             self.open = await self._new_batch()
         batch = self.open
@@ -255,6 +276,9 @@ class Batcher:
                             action="sealing the open batch so it can be uploaded")
                 await self._seal_or_drop("space")
                 continue
+            total = shutil.disk_usage(spool).total
+            if self.slots.used == 0 and need + self.rt.cfg.batch.min_free_space > total:
+                raise TooLargeForSpool(need, total)
             if self.rt.intake_paused != SPOOL_FULL:
                 log.error("spool_disk_full", free=format_size(free),
                           need=format_size(need + self.rt.cfg.batch.min_free_space), spool=str(spool))

@@ -100,6 +100,8 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append(f"state DB {paths.db} does not answer")
     if rt.auth_error is not None:
         problems.append(f"API key refused by the platform: {rt.auth_error}")
+    if rt.intake_paused:
+        problems.append(f"intake paused: {rt.intake_paused}")
     problems += [f"{item} is stuck: {reason}" for item, reason in sorted(rt.stuck.items())]
     if rt.stopping:
         problems.append("shutting down")
