@@ -87,6 +87,7 @@ class Isolation(Generic[T]):
     def __init__(self, stage: str, stuck: dict[str, str], label: Callable[[T], str]) -> None:
         self.stage, self.stuck, self.label = stage, stuck, label
         self.parked: Parked[T] = Parked(key=label)
+        self._last: dict[str, str] = {}  # item -> its last reason: the traceback is logged once
 
     async def run(self, item: T, step: Awaitable[None]) -> bool:
         key = self.label(item)
@@ -95,12 +96,14 @@ class Isolation(Generic[T]):
         except Exception as e:
             reason = describe(e)
             delay = self.parked.park(item, time.monotonic())
-            if self.stuck.get(key) != reason:
+            if self._last.get(key) != reason:
                 log.exception("item_failed", stage=self.stage, item=key, reason=reason, retry_in=delay)
             else:
                 log.warning("item_failed_again", stage=self.stage, item=key, reason=reason, retry_in=delay)
+            self._last[key] = reason
             self.stuck[key] = f"{self.stage}: {reason} (trying again in {delay:.0f} s)"
             return False
         self.parked.succeeded(item)
         self.stuck.pop(key, None)
+        self._last.pop(key, None)
         return True
