@@ -59,3 +59,18 @@ def test_a_ledger_folder_that_is_a_link_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="symbolic link"):
         Ledger(done, "inst").open()
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_ledger_folder_removed_while_running_is_made_again(tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    done.mkdir()
+    ledger = Ledger(done, "inst")
+    ledger.open()
+    ledger.record([_delivery("WO_1")])
+    for f in ledger.dir.iterdir():
+        f.unlink()
+    ledger.dir.rmdir()
+    ledger.record([_delivery("WO_2")])
+    again = Ledger(done, "other")
+    again.open()
+    assert again.delivered("WO_2") is not None

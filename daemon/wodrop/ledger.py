@@ -48,10 +48,7 @@ class Ledger:
     def open(self) -> None:
         """Create the folder (hidden: the intake and people's scripts skip dot-names) and read all files.
         A line torn by a crash mid-append is closed with a newline so the next one starts clean."""
-        self.dir.mkdir(exist_ok=True)
-        if self.dir.is_symlink():
-            raise OSError(40, "the ledger folder is a symbolic link; wodrop never writes through links",
-                          str(self.dir))
+        self._make_dir()
         try:
             with open(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
                 f.seek(-1, os.SEEK_END)
@@ -63,6 +60,12 @@ class Ledger:
         if torn:
             self._append(b"\n")
         self.refresh()
+
+    def _make_dir(self) -> None:
+        self.dir.mkdir(exist_ok=True)
+        if self.dir.is_symlink():
+            raise OSError(40, "the ledger folder is a symbolic link; wodrop never writes through links",
+                          str(self.dir))
 
     def refresh(self) -> None:
         """Read what every instance appended since the last call (cheap: a stat per file)."""
@@ -101,6 +104,7 @@ class Ledger:
         items = list(deliveries)
         if not items:
             return
+        self._make_dir()  # done/ may have been replaced while we ran (a clean-up, a re-mounted share)
         self._append(b"".join(json.dumps(asdict(d), ensure_ascii=False).encode() + b"\n" for d in items))
         with self._lock:
             for d in items:
