@@ -277,7 +277,7 @@ class Batcher:
                 await self._seal_or_drop("space")
                 continue
             total = shutil.disk_usage(spool).total
-            if self.slots.used == 0 and need + self.rt.cfg.batch.min_free_space > total:
+            if self.slots.used == 0 and need > total:  # could not fit even on an empty disk
                 raise TooLargeForSpool(need, total)
             if self.rt.intake_paused != SPOOL_FULL:
                 log.error("spool_disk_full", free=format_size(free),
