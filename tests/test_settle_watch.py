@@ -3,23 +3,39 @@ folders: deep, long, not UTF-8) and network-filesystem detection."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wodrop.pipeline.scan import scan_inbox, snapshot_folder
+from wodrop.config import Config
+from wodrop.pipeline.scan import InboxScanner, _Walk, snapshot_folder
 from wodrop.pipeline.settle import FolderSnapshot, Settler
-from wodrop.pipeline.watch import choose_polling, filesystem_type, is_network_fs
+from wodrop.pipeline.watch import (
+    _poll,
+    _StopOrRestart,
+    choose_polling,
+    filesystem_type,
+    is_network_fs,
+    watch_inbox,
+)
+from wodrop.runtime import Runtime
+from wodrop.state import StateDB
 
-A = FolderSnapshot((("a.jpg", 10, 1, 1),), False, False)
-A_GROWN = FolderSnapshot((("a.jpg", 20, 2, 1),), False, False)
-A_TEMP = FolderSnapshot((("a.jpg", 10, 1, 1), ("b.jpg.part", 5, 1, 2)), True, False)
-EMPTY = FolderSnapshot((), False, False)
+A_ENTRIES = (("a.jpg", 10, 1, 1),)
+A = FolderSnapshot.of(A_ENTRIES, False, False)
+A_GROWN = FolderSnapshot.of((("a.jpg", 20, 2, 1),), False, False)
+A_TEMP_ENTRIES = (("a.jpg", 10, 1, 1), ("b.jpg.part", 5, 1, 2))
+A_TEMP = FolderSnapshot.of(A_TEMP_ENTRIES, True, False)
+EMPTY = FolderSnapshot.of((), False, False)
 
 
 def test_folder_is_ready_only_after_settle_seconds_without_change() -> None:
@@ -40,7 +56,7 @@ def test_temp_files_and_empty_folders_never_settle() -> None:
 def test_ready_marker_mode_ignores_time_and_waits_for_the_marker() -> None:
     s = Settler(settle=1, ready_marker=".ready")
     assert s.update({"WO": A}, now=100) == []
-    marked = FolderSnapshot((*A.signature, (".ready", 0, 1, 3)), False, True)
+    marked = FolderSnapshot.of((*A_ENTRIES, (".ready", 0, 1, 3)), False, True)
     assert s.update({"WO": marked}, now=100) == ["WO"]
 
 
@@ -60,7 +76,7 @@ def test_oldest_first_and_forgetting_gone_folders() -> None:
     s.update({"B": A, "A": A}, now=0.5)
     assert s.update({"B": A, "A": A}, now=2) == ["B", "A"]
     s.update({"A": A}, now=3)
-    assert set(s.pending()) == {"A"}
+    assert s.first_seen == {"A": 0.5}
 
 
 MOUNTINFO = """\
@@ -91,6 +107,81 @@ def test_watchfiles_force_polling_env_makes_auto_poll(monkeypatch: pytest.Monkey
     assert not choose_polling("auto", Path("/"))
 
 
+def test_an_inbox_whose_path_is_not_utf8_is_polled_whatever_the_mode(tmp_path: Path) -> None:
+    inbox = Path(os.fsdecode(os.fsencode(tmp_path) + b"/inbox_\xff"))
+    inbox.mkdir()
+    assert choose_polling("events", inbox) and choose_polling("auto", inbox)
+    assert not choose_polling("events", tmp_path)
+
+
+async def test_polling_looks_at_the_top_level_only_and_ends_on_restart(tmp_path: Path) -> None:
+    """Our own poller (one listing per poll, no stat of each entry): a folder added or renamed at the
+    top level is a change; a file written inside a folder is not (the intake's rescans see those, as
+    with inotify); names that are not UTF-8 are names like any other."""
+    inbox = tmp_path / "inbox"
+    (inbox / "WO_1").mkdir(parents=True)
+    os.mkdir(os.fsencode(inbox) + b"/bad\xff")
+    stop, restart = asyncio.Event(), asyncio.Event()
+    polls = _poll(inbox, lambda: 0.01, _StopOrRestart(stop, restart))
+    assert await anext(polls) is False
+    (inbox / "WO_1" / "A-1.jpg").write_bytes(b"x")
+    assert await anext(polls) is False
+    (inbox / "WO_2").mkdir()
+    assert await anext(polls) is True
+    assert await anext(polls) is False
+    os.rename(os.fsencode(inbox) + b"/bad\xff", os.fsencode(inbox) + b"/bad\xfe")
+    assert await anext(polls) is True
+    restart.set()  # the intake saw the inbox come back: this watch ends
+    with pytest.raises(StopAsyncIteration):
+        await anext(polls)
+
+
+def _watch_runtime(tmp_path: Path, mode: str) -> Runtime:
+    paths = {k: tmp_path / k for k in ("inbox", "processing", "done", "failed", "state")}
+    for p in paths.values():
+        p.mkdir()
+    cfg = Config.model_validate({"paths": paths, "status": {"listen": "off"},
+                                 "watch": {"mode": mode, "poll_interval": "0.1s"}})
+    return Runtime(cfg=cfg, db=StateDB(paths["state"] / "wodrop.sqlite3"))
+
+
+async def _woken_by(wake: asyncio.Event, change: Callable[[], object], within: float = 10.0) -> bool:
+    wake.clear()
+    change()
+    try:
+        await asyncio.wait_for(wake.wait(), within)
+    except TimeoutError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("mode", ["events", "polling"])
+async def test_the_watcher_keeps_watching_through_names_that_are_not_utf8(tmp_path: Path, mode: str) -> None:
+    """watchfiles cannot hand over a name that is not UTF-8 and ended its watch at each change of
+    one (its poller at every poll): the watcher restarted, again and again, with a growing back-off,
+    deaf to everything meanwhile. Now such a change wakes the intake like any other, with no restart."""
+    rt = _watch_runtime(tmp_path, mode)
+    inbox = os.fsencode(rt.cfg.paths.inbox)
+    os.mkdir(inbox + b"/bad\xff")
+    wake, stop, restart = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(watch_inbox(rt, wake, stop, restart))
+        try:
+            deadline, n = time.monotonic() + 10, 0
+            while not await _woken_by(wake, lambda n=n: os.mkdir(inbox + b"/first%d" % n), 0.5):
+                assert time.monotonic() < deadline, "the watcher never saw a change"
+                n += 1  # not watching yet: another change
+            for i in range(3):
+                assert await _woken_by(wake, lambda i=i: os.mkdir(inbox + b"/bad%d\xfe" % i))
+            assert await _woken_by(wake, lambda: os.mkdir(inbox + b"/WO_1"))
+            assert rt.watcher == mode
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            rt.db.close()
+    assert [e["event"] for e in logs] == ["watcher_started"]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.floats(0.01, 3.0), st.integers(0, 3), st.booleans()), min_size=1, max_size=40),
        st.floats(0.5, 5.0))
@@ -103,7 +194,7 @@ def test_never_ready_before_settle_seconds_without_change(
     now, last_change, last_sig = 0.0, 0.0, None
     for gap, version, temp in steps:
         now += gap
-        snap = FolderSnapshot((("a.jpg", version, version, 1),), temp, False)
+        snap = FolderSnapshot.of((("a.jpg", version, version, 1),), temp, False)
         if snap.signature != last_sig:
             last_change, last_sig = now, snap.signature
         ready = s.update({"WO": snap}, now=now)
@@ -113,7 +204,7 @@ def test_never_ready_before_settle_seconds_without_change(
 
 # --- why a folder is waiting (Settler.reason) ---
 
-A_PART = FolderSnapshot(A_TEMP.signature, True, False, "b.jpg.part")
+A_PART = FolderSnapshot.of(A_TEMP_ENTRIES, True, False, "b.jpg.part")
 
 
 def test_reason_while_settling_counts_down() -> None:
@@ -142,7 +233,7 @@ def test_reason_ready_marker() -> None:
     s.update({"WO": A, "T": A_PART}, now=0)
     assert s.reason("WO", now=60) == "no ready marker yet (waiting for READY.txt)"
     assert s.reason("T", now=60) == "no ready marker yet (waiting for READY.txt)"
-    marked = FolderSnapshot((*A_PART.signature, ("READY.txt", 0, 1, 3)), True, True, "b.jpg.part")
+    marked = FolderSnapshot.of((*A_TEMP_ENTRIES, ("READY.txt", 0, 1, 3)), True, True, "b.jpg.part")
     s.update({"WO": marked}, now=61)
     assert s.reason("WO", now=61) == "a temporary file is present (b.jpg.part): still being copied"
 
@@ -160,7 +251,7 @@ def test_reason_after_a_zero_tail_hold() -> None:
 def test_reason_names_a_temp_file_that_is_not_utf8_printably() -> None:
     name = os.fsdecode(b"sub/\xffx.part")
     s = Settler(settle=5)
-    s.update({"WO": FolderSnapshot(((name, 1, 1, 1),), True, False, name)}, now=0)
+    s.update({"WO": FolderSnapshot.of(((name, 1, 1, 1),), True, False, name)}, now=0)
     reason = s.reason("WO", now=1)
     assert reason == "a temporary file is present (sub/\\xffx.part): still being copied"
     reason.encode("utf-8")
@@ -183,7 +274,7 @@ def test_reason_agrees_with_update(
     for gap, version, temp, empty in steps:
         now += gap
         sig = () if empty else (("a.jpg", version, version, 1),)
-        snap = FolderSnapshot(sig, temp, False, "a.jpg.part" if temp else None)
+        snap = FolderSnapshot.of(sig, temp, False, "a.jpg.part" if temp else None)
         if snap.signature != last_sig:
             last_change, last_sig = now, snap.signature
         ready = s.update({"WO": snap}, now=now)
@@ -203,6 +294,13 @@ def test_reason_agrees_with_update(
 
 
 # --- the scanner on real folders ---
+
+
+def _paths(folder: Path) -> list[str]:
+    """The relative paths a snapshot's signature is made of."""
+    walk = _Walk(str(folder), ())
+    walk.run()
+    return sorted(p for p, *_ in walk.entries)
 
 
 def _chain(root: Path, depth: int, name: str) -> list[Path]:
@@ -226,11 +324,12 @@ def test_scanner_walks_1500_nested_folders(tmp_path: Path) -> None:
     chain = _chain(inbox / "WO_deep", 1500, "d")
     (chain[-1] / "A-1.jpg").write_bytes(b"deep")
     try:
-        folders, strays = scan_inbox(inbox, None)
-        assert sorted(folders) == ["WO_deep", "WO_ok"] and strays == []
+        scan = InboxScanner().scan(inbox, None)
+        folders = scan.snapshots
+        assert sorted(folders) == ["WO_deep", "WO_ok"] and scan.strays == []
         deep = folders["WO_deep"]
-        paths = [p for p, *_ in deep.signature]
-        assert len(paths) == 1501 and not deep.has_temp
+        paths = _paths(inbox / "WO_deep")
+        assert len(paths) == deep.entries == 1501 and not deep.has_temp
         assert "/".join(["d"] * 1500) + "/A-1.jpg" in paths
         assert not any("!unreadable" in p for p in paths)
         (chain[-1] / "A-1.jpg").write_bytes(b"deeper")  # a change at the very bottom is seen
@@ -256,7 +355,7 @@ def test_scanner_survives_paths_longer_than_path_max(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     snap = snapshot_folder(wo, None)
-    unreadable = [p for p, *_ in snap.signature if p.endswith("!unreadable")]
+    unreadable = [p for p in _paths(wo) if p.endswith("!unreadable")]
     assert len(unreadable) == 1 and len(os.fsencode(unreadable[0])) > 3900
     assert snap.signature == snapshot_folder(wo, None).signature  # stable: the folder can settle
     shutil.rmtree(wo)
@@ -272,7 +371,7 @@ def test_scanner_records_a_sub_folder_it_may_not_read(tmp_path: Path) -> None:
         snap = snapshot_folder(wo, None)
     finally:
         (wo / "locked").chmod(0o755)
-    assert [p for p, *_ in snap.signature] == ["locked", "locked/!unreadable"]
+    assert _paths(wo) == ["locked", "locked/!unreadable"] and snap.entries == 2
 
 
 def test_scanner_and_reason_with_names_that_are_not_utf8(tmp_path: Path) -> None:
@@ -285,7 +384,7 @@ def test_scanner_and_reason_with_names_that_are_not_utf8(tmp_path: Path) -> None
         f.write(b"partial")
     with open(wo + b"/z.tmp", "wb") as f:
         f.write(b"")
-    folders, _ = scan_inbox(inbox, None)
+    folders = InboxScanner().scan(inbox, None).snapshots
     name = os.fsdecode(b"WO_\xff\xfe")
     assert list(folders) == [name]
     snap = folders[name]

@@ -17,6 +17,7 @@ from wodrop.waiting import (
     WaitingFolder,
     claim_failed_reason,
     display_name,
+    is_utf8,
     load,
     save,
     waiting_path,
@@ -82,6 +83,28 @@ def test_save_then_load(tmp_path: Path) -> None:
     save(path, [], now=1_718_000_400)  # replaced, not appended to
     assert load(path) == (1_718_000_400.0, [])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["waiting.json"]  # no temp file left
+
+
+@pytest.mark.parametrize("count", [0, 1, 999, 1000, 1001, 2345])
+def test_save_writes_in_chunks_the_bytes_of_one_json_document(tmp_path: Path, count: int) -> None:
+    """Written a thousand entries at a time (50,000 waiting folders took 25 MiB as one document),
+    byte for byte what one compact ``json.dumps`` of the whole list gives."""
+    entries = [WaitingFolder(f"WO_{i}_é<\\", 1.7e9 + i / 3, f'settling: "{i}" \\ s\n') for i in range(count)]
+    save(tmp_path / "w.json", entries, 1.7e9 + 0.125)
+    doc = {"written_at": 1.7e9 + 0.125,
+           "waiting": [{"name": w.name, "since": w.since, "reason": w.reason} for w in entries]}
+    assert (tmp_path / "w.json").read_bytes() == json.dumps(doc, ensure_ascii=False,
+                                                            separators=(",", ":")).encode("utf-8")
+    assert load(tmp_path / "w.json") == (1.7e9 + 0.125, entries)
+
+
+def test_display_name_of_valid_text_is_the_same_object() -> None:
+    name = "".join(["WO_", "1"])  # not interned: a copy would be another object
+    assert display_name(name) is name
+
+
+def test_is_utf8_tells_names_that_were_not_utf8_on_disk() -> None:
+    assert is_utf8("WO_é_1") and not is_utf8(NOT_UTF8) and not is_utf8("lone \ud800")
 
 
 def test_save_is_0600_whatever_the_umask(tmp_path: Path) -> None:
@@ -181,3 +204,24 @@ def test_claim_failed_reason_says_what_to_fix(tmp_path: Path) -> None:
     assert "read-only" in claim_failed_reason(OSError(errno.EROFS, "Read-only file system"), inbox)
     assert claim_failed_reason(OSError(errno.EIO, "Input/output error"), inbox) == (
         "cannot move it: Input/output error")
+
+
+def test_the_list_is_emptied_soon_after_the_last_folder_leaves_even_with_rare_rescans(tmp_path: Path) -> None:
+    """Found by a hostile tester: a change right after a save waited for the next scan (every
+    rescan_interval when nothing happens), so ``wodrop status`` listed folders long gone."""
+    from helpers.daemon import DaemonProcess, write_config
+    from helpers.receiver import ReceiverThread
+    from helpers.workorders import drop_atomically
+
+    with ReceiverThread(tmp_path / "rx") as rx:
+        cfg = write_config(tmp_path, rx.url, watch={"rescan_interval": "10m"})
+        with DaemonProcess(cfg) as d:
+            path = waiting_path(d.paths["state"])
+            drop_atomically(tmp_path / "staging", d.paths["inbox"], "WO_1")
+            def listed() -> list[str] | None:
+                got = load(path)
+                return None if got is None else [w.name for w in got[1]]
+
+            d.wait_for(lambda: listed() == ["WO_1"], what="WO_1 listed")
+            d.wait_for(lambda: "WO_1" in d.names_in("done"), what="WO_1 delivered")
+            d.wait_for(lambda: listed() == [], timeout=15, what="the list emptied")

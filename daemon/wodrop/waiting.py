@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import itertools
 import json
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +36,22 @@ class WaitingFolder:
     reason: str  # why it is held, in words (what to fix, when a person must act)
 
 
+def is_utf8(name: str) -> bool:
+    """Whether a name from ``os.scandir`` was valid UTF-8 on disk (no surrogate escapes): one that is
+    not can never be a work-order id."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def display_name(name: str) -> str:
     """``name`` safe to print, log and put in JSON: bytes that are not valid UTF-8 (which
     ``os.scandir`` hands over as surrogate escapes, ``\\udcff``) are shown as ``\\xff``; a lone
-    surrogate of any other kind as ``\\ud800``. Valid text comes back unchanged."""
+    surrogate of any other kind as ``\\ud800``. Valid text comes back as it is (the same object)."""
+    if is_utf8(name):
+        return name
     try:
         raw = name.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a surrogate that is not an escaped byte (from JSON, say)
@@ -69,25 +83,36 @@ def _entry(w: WaitingFolder) -> dict[str, Any]:
     return {"name": display_name(w.name), "since": w.since, "reason": display_name(w.reason)}
 
 
+def _encoded(entries: Iterable[WaitingFolder], now: float) -> Iterator[bytes]:
+    """The bytes of ``{"written_at": now, "waiting": [...]}`` (compact JSON, UTF-8), a thousand
+    entries at a time: the whole document of 50,000 waiting folders would take 25 MiB at once."""
+    dumps = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"))
+    yield f'{{"written_at":{dumps(now)},"waiting":['.encode()
+    it, sep = iter(entries), ""
+    while chunk := [_entry(w) for w in itertools.islice(it, 1000)]:
+        yield (sep + dumps(chunk)[1:-1]).encode("utf-8")
+        sep = ","
+    yield b"]}"
+
+
 def save(path: Path, entries: Iterable[WaitingFolder], now: float) -> None:
     """Write ``{"written_at": now, "waiting": [{"name", "since", "reason"}, ...]}`` to ``path``,
     atomically (temp file in the same folder, then rename), mode 0600.
 
     A reader sees the old list or the new one, never half of one. No fsync: the list is rewritten
-    every few seconds while anything waits, and after a crash a stale or unreadable file only means
-    "nothing known" (:func:`load` returns None). Raises OSError (disk full, state folder gone): the
-    caller decides whether that matters; the temp file is removed.
+    when it changes (at most every 2 s) and at least every 30 s, and after a crash a stale or
+    unreadable file only means "nothing known" (:func:`load` returns None). Raises OSError (disk
+    full, state folder gone): the caller decides whether that matters; the temp file is removed.
     """
-    doc = {"written_at": now, "waiting": [_entry(w) for w in entries]}
-    data = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a leftover temp file
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            for data in _encoded(entries, now):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
         finally:
             os.close(fd)
         os.replace(tmp, path)

@@ -25,10 +25,10 @@ from wodrop.fsops import rename_noreplace
 from wodrop.logs import get_logger
 from wodrop.pipeline.batcher import SpoolSlots
 from wodrop.pipeline.guard import Parked, describe
-from wodrop.pipeline.scan import scan_inbox
-from wodrop.pipeline.settle import FolderSnapshot, Settler
+from wodrop.pipeline.scan import InboxScanner, ScanResult
+from wodrop.pipeline.settle import Settler
 from wodrop.runtime import Runtime
-from wodrop.waiting import WaitingFolder, display_name
+from wodrop.waiting import WaitingFolder, display_name, is_utf8
 from wodrop.workorder.validate import validate_work_order
 
 log = get_logger("wodrop.intake")
@@ -38,6 +38,9 @@ NOT_UTF8 = ("its name is not valid UTF-8, so it cannot be a work-order id: renam
 SAME_NAME = "a work order of that name is still being processed; it is claimed when that one is done"
 #: how often the waiting list is written for ``wodrop status`` (when it changed)
 WAITING_SAVE_INTERVAL = 2.0
+#: the list is written again this often even when nothing changed, so ``wodrop status`` can tell a
+#: running daemon's list ("as of 12s ago") from one left by a daemon that stopped
+WAITING_REFRESH = 30.0
 
 
 def claim(inbox: Path, processing: Path, name: str) -> Path | None:
@@ -56,14 +59,6 @@ def claim(inbox: Path, processing: Path, name: str) -> Path | None:
     return dest
 
 
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 class Intake:
     def __init__(self, runtime: Runtime, slots: SpoolSlots) -> None:
         self.rt, self.slots = runtime, slots
@@ -77,7 +72,11 @@ class Intake:
         self._retry_at: dict[str, float] = {}
         #: claimed but not yet recorded (the DB failed): recorded on the next pass, or adopted at start-up
         self._unrecorded: list[tuple[str, Path]] = []
-        self._saved: tuple[tuple[str, str], ...] | None = None
+        self._scanner = InboxScanner()
+        #: names held at the last publication of the waiting list (a release changes their reason)
+        self._held_shown: set[str] = set()
+        #: the waiting list changed in kind since it was last saved
+        self._dirty = True
         self._saved_at = 0.0
 
     def _paused(self) -> str | None:
@@ -92,15 +91,16 @@ class Intake:
             await out.put(recovered_id)
         cfg = self.rt.cfg
         settler = Settler(cfg.watch.settle, cfg.watch.ready_marker)
+        self.rt.pending = settler.first_seen
         paused_logged: str | None = None
         while True:
             cfg = self.rt.cfg  # SIGHUP may have replaced it
             settler.settle, settler.ready_marker = cfg.watch.settle, cfg.watch.ready_marker
             extra = tuple(cfg.watch.extra_temp_patterns)
+            self.wake.clear()  # before the scan: a change seen while it runs makes another one at once
             try:
-                snapshots, strays = await asyncio.to_thread(
-                    scan_inbox, cfg.paths.inbox, cfg.watch.ready_marker, extra
-                )
+                scan = await asyncio.to_thread(self._scanner.scan, cfg.paths.inbox, cfg.watch.ready_marker,
+                                               extra)
             except OSError as e:
                 # Share unmounted, stale NFS handle, inbox removed: wait for it, never die of it.
                 if self.rt.intake_paused != INBOX_UNREACHABLE:
@@ -112,35 +112,39 @@ class Intake:
                 self.rt.intake_paused = None
                 self.restart_watcher.set()
                 log.info("inbox_reachable_again", inbox=str(cfg.paths.inbox))
-            for s in set(strays) - self._strays:
+            for s in set(scan.strays) - self._strays:
                 log.warning("inbox_stray_file", name=display_name(s),
                             hint="only folders are work orders; this file is left alone")
-            self._strays = set(strays)
+            self._strays = set(scan.strays)
             await self._record_unrecorded(out)
             now = time.monotonic()
-            for gone in set(self._held) - set(snapshots):
+            for gone in [name for name in self._held if name not in scan.snapshots]:
                 self._held.pop(gone)
                 self._retry_at.pop(gone, None)
                 self._backoff.succeeded(gone)
-            for name in snapshots:
-                if not _utf8(name) and name not in self._held:
+            for name in scan.changed:  # a name never changes: looking at new ones is enough
+                if not is_utf8(name) and name not in self._held:
                     log.warning("inbox_name_not_utf8", folder=display_name(name), action="left in the inbox")
                     self._held[name] = NOT_UTF8
-            ready = settler.update(snapshots, now)
-            self.rt.pending = settler.pending()
+            ready = settler.apply(scan.changed, scan.gone, now)
             metrics.PENDING_FOLDERS.set(len(self.rt.pending))
             metrics.OLDEST_PENDING_AGE.set(self.rt.oldest_pending_age())
             paused = self._paused()
             if paused != paused_logged:
                 if paused:
-                    log.warning("intake_paused", reason=paused, pending=len(snapshots))
+                    log.warning("intake_paused", reason=paused, pending=len(scan.snapshots))
                 else:
                     log.info("intake_resumed")
                 paused_logged = paused
+            tick = cfg.watch.rescan_interval
+            if scan.snapshots:
+                tick = min(tick, max(0.25, cfg.watch.settle / 4))
             for name in ready if not paused else []:
                 if self._paused():
                     break
                 if self._held.get(name) == NOT_UTF8 or self._retry_at.get(name, 0.0) > now:
+                    continue
+                if time.monotonic() - now >= tick and await self._changed(name, settler):
                     continue
                 try:
                     wo_id = await self._take(name, settler, now)
@@ -149,15 +153,36 @@ class Intake:
                     continue
                 if wo_id is not None:
                     await out.put(wo_id)
-            self._publish_waiting(snapshots, settler, paused)
-            tick = cfg.watch.rescan_interval
-            if snapshots:
-                tick = min(tick, max(0.25, cfg.watch.settle / 4))
-            self.wake.clear()
+            self._publish_waiting(scan, settler, paused)
+            if self._dirty:  # a change not written yet (saves are spaced): come back to write it
+                tick = min(tick, max(0.1, self._saved_at + WAITING_SAVE_INTERVAL - time.time()))
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=tick)
             except TimeoutError:
                 pass
+
+    async def _changed(self, name: str, settler: Settler) -> bool:
+        """Claims wait for room in the validator's queue, for minutes after a big drop: a folder
+        found complete that long ago is looked at again before it is taken (it may have changed
+        since it settled: its settle clock then starts again). True when it is not to be taken now."""
+        cfg = self.rt.cfg
+        try:
+            snap = await asyncio.to_thread(self._scanner.look_again, cfg.paths.inbox, name,
+                                           cfg.watch.ready_marker, tuple(cfg.watch.extra_temp_patterns))
+        except OSError:
+            return True  # gone, or the inbox cannot be read: the next scan tells
+        if snap is None:
+            return False
+        settler.apply({name: snap}, [], time.monotonic())
+        return True
+
+    def _forget(self, name: str, settler: Settler) -> None:
+        """The folder left the inbox (claimed, or taken by another instance): off the settler, the
+        scanner (a folder of that name seen later is a new one) and the waiting list."""
+        settler.forget(name)
+        self._scanner.forget(name)
+        if self.rt.waiting.pop(name, None) is not None:
+            self._dirty = True
 
     async def _take(self, name: str, settler: Settler, now: float) -> int | None:
         """Check, claim and record one settled folder; its id, or None when it is not taken now."""
@@ -175,13 +200,13 @@ class Intake:
                     log.info("work_order_waiting", work_order=name, reason=SAME_NAME)
                     self._held[name] = SAME_NAME
             else:
-                settler.forget(name)  # taken by another instance
+                self._forget(name, settler)  # taken by another instance
             return None
         failpoint("claim.renamed")
         self._held.pop(name, None)
         self._retry_at.pop(name, None)
         self._backoff.succeeded(name)
-        settler.forget(name)
+        self._forget(name, settler)
         try:
             wo_id = self.rt.db.add_work_order(name, path)
         except sqlite3.Error as e:
@@ -213,25 +238,43 @@ class Intake:
                         retry_in=round(delay))
         self._held[name] = reason
 
-    def _publish_waiting(self, snapshots: dict[str, FolderSnapshot], settler: Settler,
-                         paused: str | None) -> None:
-        """``Runtime.waiting`` for /api/status, and the file ``wodrop status`` reads (when it changed)."""
+    def _publish_waiting(self, scan: ScanResult, settler: Settler, paused: str | None) -> None:
+        """``Runtime.waiting`` for /api/status, and the file ``wodrop status`` reads (when it changed
+        in kind: a folder came or went, or its reason before the colon changed).
+
+        Kept up to date in place, at a cost that follows the changes: a folder's reason is worked out
+        again only when its snapshot changed, when it can change with time or with the pause
+        (:attr:`Settler.live`: settling, or ready), or when the folder is held for a reason of its own
+        (or just was). Every other reason ("no ready marker yet", "a temporary file is present",
+        "empty folder") depends on the snapshot alone."""
+        shown = self.rt.waiting
+        for name in scan.gone:
+            if shown.pop(name, None) is not None:
+                self._dirty = True
+        held = set(self._held)
         now_mono, now = time.monotonic(), time.time()
-        first_seen = settler.pending()
-        entries: dict[str, WaitingFolder] = {}
-        for name in snapshots:
+        for name in {*scan.changed, *settler.live, *held, *self._held_shown}:
+            first_seen = settler.first_seen.get(name)
+            if first_seen is None:  # claimed, or gone
+                if shown.pop(name, None) is not None:
+                    self._dirty = True
+                continue
             reason = self._held.get(name) or settler.reason(name, now_mono)
             if paused and reason.startswith("ready"):
                 reason = f"ready, but intake is paused: {paused}"
-            since = now - (now_mono - first_seen.get(name, now_mono))
-            entries[name] = WaitingFolder(display_name(name), since, reason)
-            if reason != (w.reason if (w := self.rt.waiting.get(name)) else None):
-                log.debug("folder_waiting", folder=display_name(name), reason=reason)
-        self.rt.waiting = entries
-        kinds = tuple(sorted((w.name, w.reason.split(":")[0]) for w in entries.values()))
-        if kinds != self._saved and now - self._saved_at >= WAITING_SAVE_INTERVAL:
+            old = shown.get(name)
+            if old is not None and old.reason == reason:
+                continue
+            since = old.since if old is not None else now - (now_mono - first_seen)
+            shown[name] = WaitingFolder(display_name(name), since, reason)
+            log.debug("folder_waiting", folder=display_name(name), reason=reason)
+            if old is None or old.reason.split(":")[0] != reason.split(":")[0]:
+                self._dirty = True
+        self._held_shown = held
+        since_saved = now - self._saved_at
+        if (self._dirty and since_saved >= WAITING_SAVE_INTERVAL) or since_saved >= WAITING_REFRESH:
             try:
-                waiting.save(waiting.waiting_path(self.rt.cfg.paths.state), entries.values(), now)
+                waiting.save(waiting.waiting_path(self.rt.cfg.paths.state), shown.values(), now)
             except OSError as e:
                 log.warning("waiting_list_not_saved", error=e.strerror)
-            self._saved, self._saved_at = kinds, now
+            self._dirty, self._saved_at = False, now

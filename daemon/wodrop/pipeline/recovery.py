@@ -30,18 +30,10 @@ from wodrop.logs import get_logger
 from wodrop.pipeline.batcher import SpoolSlots, discard
 from wodrop.pipeline.finish import Finisher, remove_spool_file
 from wodrop.state import StateDB
-from wodrop.waiting import display_name
+from wodrop.waiting import display_name, is_utf8
 from wodrop.workorder.validate import validate_work_order
 
 log = get_logger("wodrop.recovery")
-
-
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 async def _recover_batches(db: StateDB, spool: Path, slots: SpoolSlots) -> list[int]:
@@ -91,7 +83,7 @@ async def _adopt(db: StateDB, finisher: Finisher, ledger: Ledger, cfg: Config) -
     for entry in entries:
         if entry.path in known or not entry.is_dir(follow_symlinks=False):
             continue
-        if not _utf8(entry.name):
+        if not is_utf8(entry.name):
             log.error("recovery_name_not_utf8", folder=display_name(entry.name),
                       hint="rename it to a valid work-order id and move it back to the inbox")
             continue
