@@ -1,4 +1,5 @@
-"""Batch: append valid work orders to the open archive in the spool; seal it by size, count or age.
+"""Batch: append valid work orders to the open archive in the spool; seal it by size, count or age, or
+as soon as it has been quiet for ``batch.linger`` while an uploader has nothing to send.
 
 Crash-safety: the open archive is only ever in state ``open`` in the DB. A crash leaves it ``open``;
 recovery discards the partial file (our own) and packs its work orders again from ``processing/``, so
@@ -39,6 +40,8 @@ log = get_logger("wodrop.batcher")
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 SPOOL_FULL = "the spool disk is full"
+#: how often a quiet open archive looks again for an idle uploader (batch.linger)
+_IDLE_RECHECK = 0.25
 # zip overhead per entry (local header + zip64 extra + central directory record), an upper bound
 _ENTRY_OVERHEAD = 200
 
@@ -56,6 +59,7 @@ class _Open:
     path: Path
     writer: BatchArchiveWriter
     oldest: float | None = None  # monotonic time the first work order went in
+    last_added: float = 0.0  # monotonic time the last one did
     items: list[tuple[int, WorkOrderReport]] = field(default_factory=list)
 
     @property
@@ -114,24 +118,67 @@ class Batcher:
             now = time.monotonic()
             item = self._requeue.pop(0) if self._requeue else self._guard.parked.pop_due(now)
             if item is None:
-                waits = [self._guard.parked.next_in(now)]
-                if self.open is not None and self.open.oldest is not None:
-                    waits.append(max(0.0, self.open.oldest + self.rt.cfg.batch.max_age - now))
+                waits = [self._guard.parked.next_in(now), self._seal_in(now)]
                 timeout = min((w for w in waits if w is not None), default=None)
                 try:
                     item = await asyncio.wait_for(inbox.get(), timeout)
                 except TimeoutError:
-                    if self.open is not None and self.open.oldest is not None and \
-                            time.monotonic() >= self.open.oldest + self.rt.cfg.batch.max_age:
-                        await self._seal_or_drop("age")
+                    if (reason := self._seal_due(time.monotonic())) is not None:
+                        await self._seal_or_drop(reason)
                     continue
             await self._add_safely(*item)
+
+    def _uploader_idle(self) -> bool:
+        """An upload slot waits for work: fewer archives sealed or uploading than upload.concurrency."""
+        return self.slots.used < self.rt.cfg.upload.concurrency and self.rt.auth_error is None
+
+    def _seal_due(self, now: float) -> str | None:
+        """Why the open archive is to be sealed now without a new work order: its oldest work order
+        reached ``batch.max_age``, or (``idle``) nothing was added for ``batch.linger``, no claimed work
+        order is on its way to it, and an uploader has nothing to send: waiting longer would only leave
+        the link unused."""
+        o, cfg = self.open, self.rt.cfg.batch
+        if o is None or o.oldest is None:
+            return None
+        if now >= o.oldest + cfg.max_age:
+            return "age"
+        if cfg.linger and now >= o.last_added + cfg.linger and self._uploader_idle() \
+                and not self.db.any_claimed():
+            return "idle"
+        return None
+
+    def _seal_in(self, now: float) -> float | None:
+        """Seconds until :meth:`_seal_due` may say yes (once quiet, it looks again every
+        ``_IDLE_RECHECK``: an upload slot may free up)."""
+        o, cfg = self.open, self.rt.cfg.batch
+        if o is None or o.oldest is None:
+            return None
+        due = o.oldest + cfg.max_age - now
+        if cfg.linger:
+            quiet = o.last_added + cfg.linger - now
+            due = min(due, quiet if quiet > 0 else _IDLE_RECHECK)
+        return max(0.0, due)
 
     async def _add_safely(self, wo_id: int, report: WorkOrderReport) -> None:
         """An unexpected error leaves the open archive in an unknown state: drop it (its other work
         orders are packed again at once) and park this one with a backoff."""
         if not await self._guard.run((wo_id, report), self.add(wo_id, report)):
             await self._lost_open_batch("unexpected error while packing", keep=wo_id)
+
+    async def _claimed_elsewhere(self, wo_id: int, name: str) -> bool:
+        """Claim the id before it goes into an archive; a copy another instance is sending right now
+        fails as a duplicate (an OSError parks the work order: nothing is packed without a claim)."""
+        held = await asyncio.to_thread(self.finisher.claims.take, name)
+        if held is None:
+            return False
+        since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(held.at))
+        await self.finisher.fail_work_order(self.db.work_order(wo_id), "validation", [{
+            "code": "duplicate_work_order", "file": None,
+            "message": f"Work order {name} is being sent to the platform by another wodrop instance "
+                       f"({held.instance}, since {since}); it was not sent again. If that instance is gone "
+                       f"for good, delete {held.path} and use wodrop retry.",
+        }])
+        return True
 
     async def add(self, wo_id: int, report: WorkOrderReport) -> None:
         cfg = self.rt.cfg
@@ -141,6 +188,8 @@ class Batcher:
                 "code": "duplicate_work_order", "file": None,
                 "message": f"Work order {report.id} was already sent to the platform; it was not sent again.",
             }])
+            return
+        if cfg.format.on_duplicate == "reject" and await self._claimed_elsewhere(wo_id, report.id):
             return
         est = estimated_size(report)
         if self.open is not None and self.open.items and (
@@ -195,8 +244,9 @@ class Batcher:
         self.db.assign_to_batch(wo_id, batch.id, report.total_bytes, len(report.files))
         failpoint("batch.assigned")
         batch.items.append((wo_id, report))
+        batch.last_added = time.monotonic()
         if batch.oldest is None:
-            batch.oldest = time.monotonic()
+            batch.oldest = batch.last_added
         log.info("work_order_batched", work_order=report.id, batch=batch.name, bytes=report.total_bytes,
                  files=len(report.files), batch_size=batch.writer.size)
         if est > cfg.batch.max_bytes:
