@@ -63,9 +63,10 @@ WORKDIR /data/state
 VOLUME ["/data/share", "/data/state"]
 # status.listen is 0.0.0.0:9410 in /etc/wodrop/wodrop.yaml (publish it with -p 127.0.0.1:9410:9410).
 EXPOSE 9410
-# No curl in the image: the venv's python asks /healthz (follows WODROP__STATUS__LISTEN's port, no proxy).
+# `wodrop healthcheck` reads the config `run` reads (this file, one mounted over it, WODROP__* variables)
+# and asks /healthz on its status.listen (0.0.0.0 asked on 127.0.0.1): exit 0 healthy, 1 not, one line why.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["/opt/wodrop/bin/python", "-c", "import os, urllib.request as u; port = (os.environ.get('WODROP__STATUS__LISTEN') or ':9410').rpartition(':')[2]; u.build_opener(u.ProxyHandler({})).open(f'http://127.0.0.1:{port}/healthz', timeout=4)"]
+    CMD ["/opt/wodrop/bin/wodrop", "healthcheck"]
 # Exec form: wodrop is PID 1 and receives SIGTERM itself (it drains and exits 0 within ~10 s; give
 # `docker stop -t 30` for big chunks on slow links). It starts no long-lived children, so no init
 # process is needed; `docker run --init` does no harm.

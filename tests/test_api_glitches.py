@@ -21,9 +21,10 @@ import pytest
 import yaml
 from aiohttp import web
 from helpers.files import sha256_file
-from wodrop.config import UploadConfig
+from wodrop.config import UploadConfig, load_config
+from wodrop.secrets import resolve_api_key
 from wodrop.upload import api
-from wodrop.upload.protocol import RetryPolicy, UploadGaveUp, UploadRejected
+from wodrop.upload.protocol import AuthRefused, RetryPolicy, UploadGaveUp, UploadRejected
 from wodrop.upload.transport import make_session
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,6 +68,15 @@ def not_found_json() -> web.Response:  # a wrong route: not a verdict on the bat
     return web.json_response({"detail": "Not found."}, status=404)
 
 
+def deep_json() -> web.Response:  # nested past the parser's recursion limit: a glitch, not a crash
+    return web.Response(status=200, text="[" * 100_000, content_type="application/json")
+
+
+def huge_json() -> web.Response:  # a valid answer padded past MAX_ANSWER_BYTES (with a Content-Length)
+    return web.json_response({"batch_id": "b-7", "upload_url": "http://127.0.0.1:9/u?upload_id=x0123456789",
+                              "pad": "x" * (api.MAX_ANSWER_BYTES + 1)})
+
+
 GLITCHES: dict[str, tuple[Answer, str]] = {
     "200 {}": (ok_empty_object, "the platform API answered HTTP 200 without an upload_url"),
     "200 html": (ok_html_page, "the platform API answered HTTP 200 with an HTML page ('Proxy sign-in') "
@@ -79,14 +89,17 @@ GLITCHES: dict[str, tuple[Answer, str]] = {
     "400 html": (bad_request_html, "the platform API answered HTTP 400 with an HTML page ('Proxy sign-in'), "
                                    "not the platform's own error"),
     "404 json": (not_found_json, "the platform API answered HTTP 404: Not found. (check api.url)"),
+    "200 deep": (deep_json, "the platform API answered HTTP 200 with JSON nested too deeply"),
+    "200 huge": (huge_json, "the platform API answered HTTP 200 with more than 4.0 MiB, the most an answer "
+                            "may hold"),
 }
 
 
 class GlitchyApi:
-    """``POST /v0.2/batches/`` and ``GET /v0.2/batches/{id}/`` answer ``glitches`` in turn, then
-    ``good``; every other path counts as a followed redirect (it must never be requested)."""
+    """``POST /v0.2/batches`` and ``GET /v0.2/batches/{id}`` (the vendor's paths) answer ``glitches`` in
+    turn, then ``good``; every other path counts as a followed redirect (it must never be requested)."""
 
-    def __init__(self, good: Callable[[web.Request], Awaitable[web.Response]] | None = None) -> None:
+    def __init__(self, good: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None) -> None:
         self.glitches: list[Answer] = []
         self.forever: Answer | None = None
         self.requests: list[str] = []
@@ -102,7 +115,7 @@ class GlitchyApi:
     def upload_url(self) -> str:
         return f"{self.url}/upload/b-7?upload_id=tok0123456789abc"
 
-    async def batches(self, request: web.Request) -> web.Response:
+    async def batches(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(f"{request.method} {request.path}")
         assert request.headers.get("Authorization") == f"Token {KEY}"
         await request.read()
@@ -128,8 +141,8 @@ async def glitchy() -> AsyncIterator[GlitchyApi]:
 class serve:  # used like a function: ``async with serve(server) as url``
     def __init__(self, server: GlitchyApi) -> None:
         app = web.Application()
-        app.router.add_route("*", "/v0.2/batches/", server.batches)
-        app.router.add_route("*", "/v0.2/batches/{batch_id}/", server.batches)
+        app.router.add_route("*", "/v0.2/batches", server.batches)
+        app.router.add_route("*", "/v0.2/batches/{batch_id}", server.batches)
         app.router.add_route("*", "/{tail:.*}", server.other)
         self.runner = web.AppRunner(app)
 
@@ -167,7 +180,7 @@ async def test_glitches_are_retried_until_a_good_answer(glitchy: GlitchyApi,
     rec = Recorder()
     created = await api.create_batch(http, glitchy.url, KEY, "batch-1", retry=FAST, on_retry=rec.on_retry)
     assert created == ("b-7", glitchy.upload_url)
-    assert glitchy.requests == ["POST /v0.2/batches/"] * 4
+    assert glitchy.requests == ["POST /v0.2/batches"] * 4
     assert glitchy.elsewhere == []  # the redirect was not followed
     assert [c for c, _, _ in rec.retries] == ["server_error"] * 3
     messages = [m for _, _, m in rec.retries]
@@ -237,13 +250,109 @@ async def test_get_batch_retries_glitches(glitchy: GlitchyApi, http: aiohttp.Cli
                                   "http(s) URL; retrying")
 
 
-async def test_check_key_without_a_batch_list_is_skipped_not_retried(
+async def test_get_batch_names_a_batch_the_platform_does_not_know_and_stops(
     glitchy: GlitchyApi, http: aiohttp.ClientSession
 ) -> None:
-    glitchy.forever = lambda: web.Response(status=405, text="Method Not Allowed")
-    with pytest.raises(UploadRejected, match=r"has no batch list \(HTTP 405\)"):
+    """The platform's own 404 for ``GET /v0.2/batches/{id}`` is a verdict about that id (a batch id typed
+    wrong), not a wrong api.url; a 404 page from elsewhere stays a glitch."""
+    glitchy.forever = not_found_json
+    with pytest.raises(UploadRejected) as e:
+        await api.get_batch(http, glitchy.url, KEY, "b-typo", retry=FAST)
+    assert str(e.value) == "the platform does not know batch b-typo (HTTP 404: Not found.)"
+    assert glitchy.requests == ["GET /v0.2/batches/b-typo"]
+    glitchy.forever = lambda: web.Response(status=404, text="<h1>Not Found</h1>", content_type="text/html")
+    with pytest.raises(UploadGaveUp, match=r"HTTP 404 with an HTML page \(check api.url\), gave up after 2 "
+                                           r"attempts$"):
+        await api.get_batch(http, glitchy.url, KEY, "b-7", retry=RetryPolicy(0.01, 0.02, max_retries=1))
+
+
+@pytest.mark.parametrize("batch_id", ["..", ".", "...", "../../_receiver/stats?x=1#y", "a/b", "%2e%2e",
+                                      "b 7"])
+async def test_a_batch_id_is_one_path_segment_whatever_it_holds(
+    glitchy: GlitchyApi, http: aiohttp.ClientSession, batch_id: str
+) -> None:
+    """``wodrop upload --batch-id`` takes any text: it only ever names ``/v0.2/batches/{id}`` (never the
+    batch list, another path or a query), with nothing decoded or resolved on the way."""
+    glitchy.forever = not_found_json
+    with pytest.raises(UploadRejected, match="the platform does not know batch "):
+        await api.get_batch(http, glitchy.url, KEY, batch_id, retry=FAST)
+    assert glitchy.requests == [f"GET /v0.2/batches/{batch_id}"] and glitchy.elsewhere == []
+    with pytest.raises(ValueError, match="empty batch id"):
+        api.batch_url(glitchy.url, "")
+
+
+async def test_a_huge_answer_is_not_read_past_the_bound(glitchy: GlitchyApi,
+                                                        http: aiohttp.ClientSession) -> None:
+    """A streamed answer (no Content-Length) far past MAX_ANSWER_BYTES: the client stops reading at the
+    bound and drops the connection, so the server cannot push it all (nor fill the client's memory)."""
+    total, written, finished = 16 * api.MAX_ANSWER_BYTES, [0], asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        piece = b'{"status": "processing", "pad": "' + b"x" * 65_536
+        try:
+            while written[0] < total:
+                await resp.write(piece)
+                written[0] += len(piece)
+                piece = b"x" * 65_536
+            await resp.write(b'"}')
+        except (ConnectionError, RuntimeError):  # the client went away
+            pass
+        finally:
+            finished.set()
+        return resp
+
+    glitchy.good = endless
+    with pytest.raises(UploadGaveUp, match=r"HTTP 200 with more than 4.0 MiB, the most an answer may hold, "
+                                           r"gave up after 1 attempt$"):
+        await api.get_batch(http, glitchy.url, KEY, "b-7", retry=RetryPolicy(0.01, 0.02, max_retries=0))
+    await asyncio.wait_for(finished.wait(), 30)  # the server's writes fail once the connection is dropped
+    assert written[0] < total // 4
+
+
+@pytest.mark.parametrize(("env", "source"), [
+    ({"DEEPOMATIC_API_KEY": "deepo-refused-123456"}, "DEEPOMATIC_API_KEY"),
+    ({"CUSTOMER_API_KEY": "customer-refused-123456"}, "CUSTOMER_API_KEY"),
+    ({}, "api.api_key_file ({file})"),
+])
+async def test_a_refused_key_says_where_it_came_from_never_the_key(
+    rx_factory: Any, http: aiohttp.ClientSession, tmp_path: Path, env: dict[str, str], source: str
+) -> None:
+    rx = rx_factory(api_key="the-right-key-123456")
+    key_file = tmp_path / "api-key"
+    key_file.write_text("file-refused-123456\n")
+    key_file.chmod(0o600)
+    key = resolve_api_key(load_config(None, {"WODROP__API__API_KEY_FILE": str(key_file)}), env)
+    assert key is not None
+    with pytest.raises(AuthRefused) as e:
+        await api.create_batch(http, rx.url, key, "b", retry=FAST)
+    assert str(e.value) == ("the platform refused the API key (HTTP 401): check "
+                            + source.format(file=key_file))
+    assert key not in str(e.value)
+
+
+@pytest.mark.parametrize("answer", [
+    lambda: web.Response(status=405, text="Method Not Allowed"),
+    lambda: web.Response(status=404, text="<h1>Not Found</h1>", content_type="text/html"),
+    lambda: web.json_response({"detail": "Not found."}, status=404),
+])
+async def test_check_key_without_a_batch_list_cannot_check_not_retried(
+    glitchy: GlitchyApi, http: aiohttp.ClientSession, answer: Answer
+) -> None:
+    """The vendor's client never lists batches: a 404/405 there means the check cannot be made, never
+    that the key is refused (False, at once), while a 401/403 is a refusal."""
+    glitchy.forever = answer
+    assert await api.check_key(http, glitchy.url, KEY, retry=FAST) is False
+    assert glitchy.requests == ["GET /v0.2/batches"]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_check_key_refused_only_by_401_403(glitchy: GlitchyApi, http: aiohttp.ClientSession,
+                                                 status: int) -> None:
+    glitchy.forever = lambda: web.json_response({"detail": "Invalid token."}, status=status)
+    with pytest.raises(AuthRefused):
         await api.check_key(http, glitchy.url, KEY, retry=FAST)
-    assert len(glitchy.requests) == 1
 
 
 async def test_check_key_retries_a_proxy_page(glitchy: GlitchyApi, http: aiohttp.ClientSession) -> None:
@@ -252,7 +361,7 @@ async def test_check_key_retries_a_proxy_page(glitchy: GlitchyApi, http: aiohttp
 
     glitchy.good = listing
     glitchy.glitches = [redirect, ok_html_page]
-    await api.check_key(http, glitchy.url, KEY, retry=FAST)
+    assert await api.check_key(http, glitchy.url, KEY, retry=FAST) is True
     assert len(glitchy.requests) == 3
 
 
@@ -266,7 +375,7 @@ async def test_wodrop_upload_survives_api_glitches(tmp_path: Path, rx_factory: A
 
     async def forward(request: web.Request) -> web.Response:
         async with aiohttp.ClientSession() as s, s.post(
-            f"{rx.url}/v0.2/batches/", data=await request.read(),
+            f"{rx.url}/v0.2/batches", data=await request.read(),
             headers={"Authorization": request.headers["Authorization"], "Content-Type": "application/json"},
         ) as resp:
             return web.Response(status=resp.status, body=await resp.read(), content_type="application/json")
@@ -292,7 +401,7 @@ async def test_wodrop_upload_survives_api_glitches(tmp_path: Path, rx_factory: A
         out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     stdout, stderr = out.decode(), err.decode()
     assert proc.returncode == 0, stderr
-    assert server.requests == ["POST /v0.2/batches/"] * 3
+    assert server.requests == ["POST /v0.2/batches"] * 3
     batch_id = stdout.split("to batch ")[1].split()[0]
     assert sha256_file(rx.store / f"{batch_id}.zip") == sha256_file(archive)
     retries = [json.loads(line) for line in stderr.splitlines()

@@ -281,10 +281,30 @@ def test_api_url_with_a_password_is_refused_without_echoing_it(tmp_path: Path) -
     assert "S3CRETPW" not in str(e.value)
 
 
+@pytest.mark.parametrize(("url", "why"), [
+    ("https://api.example.test:99999/", "port out of range"),
+    ("https://[::1/", "invalid IPv6 URL"),
+    ("https://:443/", "no host name"),
+])
+def test_an_api_url_that_cannot_be_used_is_refused(tmp_path: Path, url: str, why: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, f"api: {{url: '{url}'}}\n"), environ={})
+    assert "api.url: expected a URL like https://api.<site-id>" in str(e.value) and why in str(e.value)
+
+
 def test_status_listen_accepts_yaml_off_and_explains_a_bare_port(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "status: {listen: off}\n"), environ={}).status.listen is None
-    with pytest.raises(ConfigError, match=r"status.listen: expected HOST:PORT like 127.0.0.1:9410"):
-        load_config(write(tmp_path, "status: {listen: 9410}\n"), environ={})
+    bare = r"status\.listen: must be HOST:PORT, not a bare port: write 127\.0\.0\.1:9410 .* 0\.0\.0\.0:9410 "
+    for text in ("status: {listen: 9410}\n", "status: {listen: '9410'}\n"):
+        with pytest.raises(ConfigError, match=bare):
+            load_config(write(tmp_path, text), environ={})
+    with pytest.raises(ConfigError, match=bare):  # an environment value is read as YAML: a number too
+        load_config(None, environ={"WODROP__STATUS__LISTEN": "9410"})
+    for text in ("status: {listen: 9410.5}\n", "status: {listen: [a]}\n", "status: {listen: host}\n"):
+        with pytest.raises(ConfigError) as e:
+            load_config(write(tmp_path, text), environ={})
+        assert "status.listen: must be HOST:PORT, e.g. 127.0.0.1:9410, or off" in str(e.value)
+        assert "valid string" not in str(e.value)
 
 
 def test_ca_bundle_must_be_a_readable_file(tmp_path: Path) -> None:

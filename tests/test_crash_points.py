@@ -1,6 +1,8 @@
 """Crash at every named fail point of the lifecycle, restart, and check the promise: every work order
 received exactly once and byte-identical, all in done/ (the invalid one in failed/ with its report),
-nothing stranded in processing/, the spool empty, and no user file touched."""
+nothing stranded in processing/, the spool empty, and no user file touched. The receiver reports a
+platform error for every valid work order (its metadata.json lacks ``site``), so the follow-up's points
+are crossed too: each gets exactly one ``done/<WO>.platform.json``."""
 
 from __future__ import annotations
 
@@ -44,9 +46,9 @@ def _crash_at(cfg: Path, point: str, name: str) -> DaemonProcess:
 @pytest.mark.parametrize("point", sorted(POINTS))
 def test_crash_at_every_point_loses_nothing_and_sends_nothing_twice(tmp_path: Path, point: str) -> None:
     originals: dict[str, dict[str, str]] = {}
-    with ReceiverThread(tmp_path / "received") as rx:
+    with ReceiverThread(tmp_path / "received", require_metadata_keys=("site",)) as rx:
         cfg = write_config(tmp_path, rx.url, batch={"max_work_orders": 2, "max_age": "0.5s"},
-                           watch={"settle": "0.3s"})
+                           watch={"settle": "0.3s"}, followup={"poll_interval": "1s"})
         d = DaemonProcess(cfg)
         inbox = d.paths["inbox"]
         for name in VALID:
@@ -62,6 +64,8 @@ def test_crash_at_every_point_loses_nothing_and_sends_nothing_twice(tmp_path: Pa
             d.wait_for(lambda: d.names_in("done") == set(VALID) and d.names_in("failed") == {INVALID},
                        timeout=90, what="every work order in done/ or failed/")
             d.wait_for_finished(timeout=60)
+            d.wait_for_db("SELECT DISTINCT followup FROM batches WHERE state = 'done'", [("done",)],
+                          timeout=60, what="the platform's verdict on every batch")
             assert d.stop() == 0
 
     # received exactly once, and each received archive is byte for byte what was sealed
@@ -82,6 +86,9 @@ def test_crash_at_every_point_loses_nothing_and_sends_nothing_twice(tmp_path: Pa
     for wo in VALID:  # the photos the platform got are the user's, byte for byte; done/ holds them unchanged
         assert {f: h for (w, f), h in received.items() if w == wo} == originals[wo]
         assert _tree(d.paths["done"] / wo) == originals[wo]
+        platform = sorted(d.paths["done"].glob(f"{wo}*.platform.json"))
+        assert [p.name for p in platform] == [f"{wo}.platform.json"], "one platform report, written once"
+        assert [e["code"] for e in json.loads(platform[0].read_text())["errors"]] == ["missing_metadata_key"]
     report = json.loads((d.paths["failed"] / f"{INVALID}.error.json").read_text())
     assert report["work_order"] == INVALID and report["errors"][0]["code"] == "duplicate_image"
     assert sorted((d.paths["failed"] / INVALID).iterdir()) == sorted(

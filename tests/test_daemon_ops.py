@@ -36,7 +36,7 @@ def _drop(tmp_path: Path, inbox: Path, names: list[str], **kw: object) -> None:
 
 def test_batches_seal_by_count(tmp_path: Path) -> None:
     with ReceiverThread(tmp_path / "rx") as rx:
-        cfg = write_config(tmp_path, rx.url, batch={"max_work_orders": 3, "max_age": "30s"})
+        cfg = write_config(tmp_path, rx.url, batch={"max_work_orders": 3, "max_age": "30s", "linger": 0})
         with DaemonProcess(cfg) as d:
             names = [f"WO_{i}" for i in range(6)]
             _drop(tmp_path, d.paths["inbox"], names)
@@ -64,7 +64,7 @@ def test_batches_seal_by_size_and_a_big_work_order_gets_its_own(tmp_path: Path) 
 
 def test_batches_seal_by_age(tmp_path: Path) -> None:
     with ReceiverThread(tmp_path / "rx") as rx:
-        cfg = write_config(tmp_path, rx.url, batch={"max_age": "1.5s", "max_work_orders": 1000})
+        cfg = write_config(tmp_path, rx.url, batch={"max_age": "1.5s", "max_work_orders": 1000, "linger": 0})
         with DaemonProcess(cfg) as d:
             _drop(tmp_path, d.paths["inbox"], ["WO_A"])
             d.wait_for(lambda: "WO_A" in d.names_in("done"), timeout=30, what="done by age")
@@ -147,7 +147,10 @@ def test_refused_api_key_pauses_uploads_without_failing_anything(tmp_path: Path)
                        what="key refused")
             with pytest.raises(urllib.error.HTTPError) as err:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
-            assert err.value.code == 503 and "key" in err.value.read().decode().lower()
+            body = err.value.read().decode()
+            assert err.value.code == 503
+            assert "- uploads paused: the platform refused the API key (HTTP 401)" in body
+            assert body.count("API key") == 1, body  # the reason once, not wrapped in itself
             d.wait_for(lambda: any(e.get("event") == "batch_sealed" for e in d.events()), timeout=30,
                        what="the work order packed while uploads are paused")
             time.sleep(1)
@@ -264,6 +267,9 @@ def test_inbox_that_vanishes_and_comes_back_does_not_stop_the_daemon(tmp_path: P
             assert d.proc is not None and d.proc.poll() is None
             d.wait_for(lambda: sum(e.get("event") == "watcher_started" for e in d.events()) >= 2, timeout=20,
                        what="the watcher restarted on the new inbox")
+            # the restart the intake asks for once the inbox is back is no failure (and no back-off)
+            assert not [e for e in d.events() if e.get("event") == "watcher_failed"
+                        and "came back" in str(e.get("error"))]
 
 
 def test_lagging_uploads_stop_intake_and_the_spool_stays_bounded(tmp_path: Path) -> None:

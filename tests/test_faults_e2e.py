@@ -174,7 +174,7 @@ def test_a_spool_too_small_for_a_batch_seals_what_it_has_and_delivers_everything
     names = [f"WO_{i:02d}" for i in range(12)]
     with small_disk(state, "3m"), ReceiverThread(tmp_path / "received") as rx:
         cfg = write_config(tmp_path, rx.url, batch={"max_bytes": "512MiB", "max_age": "30s",
-                                                    "min_free_space": "256KiB"})
+                                                    "linger": 0, "min_free_space": "256KiB"})
         with DaemonProcess(cfg) as d:
             for name in names:  # ~3.6 MB in all, 300 KB each: more than the spool can hold at once
                 drop_atomically(tmp_path / "staging", d.paths["inbox"], name, images=("A.jpg",),

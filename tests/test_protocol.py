@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from wodrop.upload.protocol import (
     CHUNK_ALIGN,
     AuthRefused,
+    JSONTooDeep,
     ResumableUpload,
     Retry,
     RetryPolicy,
@@ -31,8 +32,11 @@ from wodrop.upload.protocol import (
     content_range,
     describe_body,
     detail_text,
+    json_object,
+    load_json,
     parse_range,
     parse_retry_after,
+    parse_server_copy,
 )
 
 K = CHUNK_ALIGN
@@ -347,7 +351,9 @@ def test_retry_forever_when_max_retries_is_none() -> None:
 
 
 def test_auth_refused_message() -> None:
-    assert str(AuthRefused(401)) == "the platform refused the API key (HTTP 401): check CUSTOMER_API_KEY"
+    assert str(AuthRefused(401, "DEEPOMATIC_API_KEY")) == \
+        "the platform refused the API key (HTTP 401): check DEEPOMATIC_API_KEY"
+    assert str(AuthRefused(403)) == "the platform refused the API key (HTTP 403): check the API key"
 
 
 # ---- platform API answers: glitch or verdict ------------------------------------------------------
@@ -460,3 +466,15 @@ def test_unusable_answer_is_a_retry_and_its_give_up_message_reads_well() -> None
         state.failed(glitch.retry, 0.5)
     assert str(e.value) == ("the platform API answered HTTP 200 without an upload_url, "
                             "gave up after 2 attempts")
+    with pytest.raises(UploadGaveUp) as e:  # no retry allowed: one attempt, said in the singular
+        RetryState(RetryPolicy(max_retries=0)).failed(glitch.retry, 0.5)
+    assert str(e.value) == "the platform API answered HTTP 200 without an upload_url, gave up after 1 attempt"
+
+
+def test_json_nested_past_the_parser_is_bad_json_not_a_crash() -> None:
+    deep = b"[" * 100_000
+    with pytest.raises(JSONTooDeep):
+        load_json(deep)
+    assert json_object(deep) is None and describe_body(deep) == "JSON nested too deeply"
+    assert detail_text(b'{"detail": ' + deep).startswith('{"detail": [[[')
+    assert parse_server_copy(deep) == ServerCopy()

@@ -69,7 +69,9 @@ def test_happy_path_two_chunks(rx: ReceiverThread) -> None:
     report = json.loads((rx.store / f"{b['batch_id']}.json").read_text())
     assert report["sha256"] == hashlib.sha256(data).hexdigest() and report["size"] == len(data)
     got = requests.get(f"{rx.url}/v0.2/batches/{b['batch_id']}/", headers=AUTH, timeout=10).json()
-    assert got["status"] == "uploaded" and got["size"] == len(data)
+    # no processing time: processed at once; random bytes are no zip, so the whole batch failed
+    assert got["status"] == "failed" and got["size"] == len(data)
+    assert [(e["work_order"], e["code"]) for e in got["errors"]] == [(None, "not_a_zip")]
 
 
 def test_nothing_saved_means_no_range(rx: ReceiverThread) -> None:

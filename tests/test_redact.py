@@ -191,6 +191,43 @@ def test_many_secrets_stay_fast_and_lines_do_not_backtrack() -> None:
     assert time.perf_counter() - started < 2.0
 
 
+def test_a_public_batch_id_shows_and_the_url_stays_masked() -> None:
+    """The platform's batch id is how people find a batch on the platform: logs and reports show it,
+    also once the upload URL that holds it in its path is registered, in either order. The URL and its
+    token stay masked."""
+    for public_first in (False, True):
+        url, batch_id, tok = receiver_url()
+        if public_first:
+            redact.register_public(batch_id)
+        register_secret(url)
+        if not public_first:  # a random-looking path segment: masked until it is known to be public
+            assert redact.redact(f"batch {batch_id}") == f"batch {MASK}"
+        redact.register_public(batch_id)
+        assert redact.redact(f"batch {batch_id}: PUT {url} failed, upload_id={tok}") == (
+            f"batch {batch_id}: PUT https://rx.example:8443/{MASK} failed, upload_id={MASK}")
+        assert redact.redact(f"/upload/{batch_id}?upload_id={tok}") == f"/upload/{batch_id}?upload_id={MASK}"
+        assert redact_value({"remote_batch_id": batch_id}) == {"remote_batch_id": batch_id}
+
+
+def test_a_url_whose_only_secret_is_a_public_id_is_still_masked_whole() -> None:
+    batch_id = os.urandom(16).hex()
+    url = f"https://up.example/upload/{batch_id}"
+    register_secret(url)
+    redact.register_public(batch_id)
+    assert redact.redact(f"id {batch_id} at {url}.") == f"id {batch_id} at https://up.example/{MASK}."
+
+
+def test_a_public_id_never_unmasks_a_query_value_or_a_secret() -> None:
+    """A platform that gives the upload token as its batch id does not get the token into the logs."""
+    url, _, tok = receiver_url()
+    register_secret(url)
+    key = token()
+    register_secret(key)
+    redact.register_public(tok)
+    redact.register_public(key)
+    assert redact.redact(f"{tok} {key}") == f"{MASK} {MASK}"
+
+
 # ---- property: a registered URL's token never survives ------------------------------------------
 
 _ALPHABET = string.ascii_letters + string.digits + "-_"

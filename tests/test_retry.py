@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers.daemon import DaemonProcess
+from helpers.daemon import write_config as write_daemon_config
+from helpers.receiver import ReceiverThread
 from helpers.statusdb import write_config
+from helpers.workorders import drop_atomically
 from wodrop.cli import main
 from wodrop.config import Config, load_config
 from wodrop.fsops import failure_report
 from wodrop.state import StateDB
+from wodrop.status.collect import collect_status
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -139,3 +145,73 @@ def test_usage_errors_exit_2(site: tuple[Path, Config]) -> None:
         r = subprocess.run([sys.executable, "-m", "wodrop", "retry", "-c", str(cfg_path), *args],
                            cwd=REPO, capture_output=True, text=True, timeout=30)
         assert r.returncode == 2 and "name work orders or use --all" in r.stderr
+
+
+def test_a_folder_renamed_in_failed_takes_its_report_and_failure_with_it(tmp_path: Path) -> None:
+    """The way people fix a bad id: rename the folder in failed/, then retry it under its new name. Its
+    old report must not stay behind, nor its failure on the status page."""
+    with ReceiverThread(tmp_path / "rx") as rx:
+        cfg_path = write_daemon_config(tmp_path, rx.url)
+        with DaemonProcess(cfg_path) as d:
+            drop_atomically(tmp_path / "staging", d.paths["inbox"], "WO 7")  # a space: not a valid id
+            d.wait_for(lambda: (d.paths["failed"] / "WO 7.error.json").exists(), timeout=30, what="failed")
+            d.wait_for_finished()
+    cfg = load_config(cfg_path)  # its sub-second settle needs the test suite's environment
+    failed = cfg.paths.failed
+    (failed / "WO 7").rename(failed / "WO_7")
+    with StateDB(cfg.paths.db) as db:
+        assert [f["work_order"] for f in collect_status(db)["failures"]] == ["WO 7"]
+    assert retry(cfg_path, "WO_7") == 0
+    assert (cfg.paths.inbox / "WO_7").is_dir() and not any(failed.iterdir())
+    with StateDB(cfg.paths.db) as db:
+        assert collect_status(db)["failures"] == []
+        (row,) = db.work_orders(name="WO 7")
+        assert row.state == "retried" and row.path == str(cfg.paths.inbox / "WO_7")
+        assert row.error_list[0]["code"] == "bad_work_order_id"  # why it failed is kept
+
+
+def test_only_the_report_of_the_renamed_folder_itself_is_settled(site: tuple[Path, Config],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cfg_path, cfg = site
+    failed = cfg.paths.failed
+    with StateDB(cfg.paths.db) as db:
+        for name in ("WO A", "WO B", "WO C"):
+            folder = make_failed(cfg, name, None, db=db)
+            report = json.loads((failed / f"{name}.error.json").read_text())
+            report["folder_inode"] = folder.stat().st_ino
+            (failed / f"{name}.error.json").write_text(json.dumps(report))
+    (failed / "WO A").rename(failed / "WO_A")
+    (failed / "WO B").rename(failed / "WO_B")
+    shutil.rmtree(failed / "WO C")  # removed by hand: its report stays, it is no folder's report
+    assert retry(cfg_path, "--all") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"WO_A: moved back to {cfg.paths.inbox / 'WO_A'}", f"WO_B: moved back to {cfg.paths.inbox / 'WO_B'}"]
+    assert sorted(p.name for p in failed.iterdir()) == ["WO C.error.json"]
+    with StateDB(cfg.paths.db) as db:
+        assert {r.name: r.state for r in db.work_orders()} == {"WO A": "retried", "WO B": "retried",
+                                                               "WO C": "failed"}
+
+
+def test_a_folder_renamed_onto_a_stale_report_takes_its_own_report(
+        site: tuple[Path, Config], capsys: pytest.CaptureFixture[str]) -> None:
+    """The tester's case: failed/Z_2 was deleted by hand and its report left; "W 1" is renamed to Z_2 and
+    retried. The report that records the folder's inode ("W 1"'s) is settled with it, not the stale
+    Z_2.error.json of the folder that is gone."""
+    cfg_path, cfg = site
+    failed = cfg.paths.failed
+    with StateDB(cfg.paths.db) as db:
+        for name in ("Z_2", "W 1"):
+            folder = make_failed(cfg, name, None, db=db)
+            report = json.loads((failed / f"{name}.error.json").read_text())
+            report["folder_inode"] = folder.stat().st_ino
+            (failed / f"{name}.error.json").write_text(json.dumps(report))
+    stale = json.loads((failed / "Z_2.error.json").read_text())
+    shutil.rmtree(failed / "Z_2")
+    (failed / "W 1").rename(failed / "Z_2")
+    assert retry(cfg_path, "Z_2") == 0
+    assert capsys.readouterr().out == f"Z_2: moved back to {cfg.paths.inbox / 'Z_2'}\n"
+    assert sorted(p.name for p in failed.iterdir()) == ["Z_2.error.json"]
+    assert json.loads((failed / "Z_2.error.json").read_text()) == stale  # the gone folder's, untouched
+    with StateDB(cfg.paths.db) as db:
+        assert {r.name: r.state for r in db.work_orders()} == {"W 1": "retried", "Z_2": "failed"}
+        assert [f["work_order"] for f in collect_status(db)["failures"]] == ["Z_2"]

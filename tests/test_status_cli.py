@@ -38,7 +38,11 @@ def test_human_and_json_while_a_writer_holds_a_transaction(tmp_path: Path) -> No
 
     assert human.returncode == 0, human.stderr
     out = human.stdout
-    assert "Health: 2 work orders failed today" in out
+    assert out.splitlines()[:2] == [
+        "Health: 2 work orders failed today (see recent failures)",
+        "TEST MODE: nothing is sent to the platform (api.url is not set); batches go to the local receiver, "
+        f"archives in {fx.cfg.paths.state / 'received'}",
+    ]
     up_line = next(line for line in out.splitlines() if "batch-20240611-0002" in line)
     assert up_line.split()[0] == "uploading" and "100.0 MiB / 250.0 MiB (40%)" in up_line
     done_line = next(line for line in out.splitlines() if "batch-20240611-0001" in line)
@@ -54,6 +58,9 @@ def test_human_and_json_while_a_writer_holds_a_transaction(tmp_path: Path) -> No
     assert data["batches"][0]["percent"] == 40.0 and data["batches"][0]["rate_bytes_per_s"] is None
     assert [f["work_order"] for f in data["failures"]] == ["WO_rejected", "WO_bad_<script>"]
     assert data["daemon"] is None and data["inbox"] is None
+    assert data["destination"] == {"kind": "local_receiver", "store": str(fx.cfg.paths.state / "received"),
+                                   "config_file": str(fx.config_path)}
+    assert len(data["activity"]) == 24 and sum(a["work_orders_done"] for a in data["activity"]) == 3
 
     for text in (human.stdout, human.stderr, as_json.stdout):
         for secret in SECRETS:
@@ -68,10 +75,14 @@ def test_no_state_yet_is_not_an_error(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     r = wodrop_status(config)
     assert r.returncode == 0
-    assert r.stdout.strip() == ("no state yet: the daemon has not run with this config "
-                                f"(state: {tmp_path / 'state' / 'wodrop.sqlite3'})")
+    assert r.stdout.splitlines() == [
+        f"no state yet: the daemon has not run with this config (state: {tmp_path}/state/wodrop.sqlite3)",
+        "TEST MODE: nothing is sent to the platform (api.url is not set); batches go to the local receiver, "
+        f"archives in {tmp_path / 'state' / 'received'}",
+    ]
     data = json.loads(wodrop_status(config, "--json").stdout)
     assert data["batches"] == [] and data["failures"] == [] and "no state yet" in data["health"]["reason"]
+    assert data["destination"]["kind"] == "local_receiver" and data["activity"] == []
     assert not (tmp_path / "state").exists()  # looking did not create anything
 
 

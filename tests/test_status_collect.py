@@ -13,6 +13,7 @@ from helpers.statusdb import API_KEY, StatusFixture, populate
 from wodrop import waiting
 from wodrop.status import collect_status, summary_line
 from wodrop.status.collect import WAITING_SHOWN, iso
+from wodrop.upload.protocol import AuthRefused
 from wodrop.waiting import WaitingFolder
 
 
@@ -28,7 +29,8 @@ def health(fx: StatusFixture) -> tuple[str, str]:
 
 def test_health_in_order_of_urgency(fx: StatusFixture) -> None:
     assert health(fx) == ("warn", "2 work orders failed today (see recent failures)")
-    fx.runtime.uploads[fx.uploading_id].samples.clear()  # no progress: the last error matters now
+    up = fx.runtime.uploads[fx.uploading_id]
+    up.samples = [(time.monotonic() - 20.0, up.furthest)]  # nothing new for 20 s: the last error matters
     assert health(fx)[1].startswith("Retrying batch-20240611-0002 (attempt 1): connection reset")
     fx.runtime.ready = False
     assert health(fx) == ("warn", "Starting up: recovering state and scanning the inbox")
@@ -43,8 +45,9 @@ def test_health_in_order_of_urgency(fx: StatusFixture) -> None:
     assert health(fx) == ("error", "Intake paused: disk full: 0.2 GiB free in the spool, 1 GiB required")
     fx.runtime.last_loop_tick = time.monotonic() - 120
     assert health(fx)[0] == "error" and "stuck" in health(fx)[1]
-    fx.runtime.auth_error = "401 Unauthorized"
-    assert health(fx) == ("error", "Uploads paused: the platform refused the API key (401 Unauthorized)")
+    fx.runtime.auth_error = str(AuthRefused(401, "CUSTOMER_API_KEY"))  # what the upload stage sets
+    assert health(fx) == ("error", "Uploads paused: the platform refused the API key (HTTP 401): check "
+                                   "CUSTOMER_API_KEY")
 
 
 def test_green_when_nothing_is_wrong(fx: StatusFixture) -> None:

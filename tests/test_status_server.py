@@ -14,6 +14,7 @@ from helpers.statusdb import API_KEY, UPLOAD_URL, StatusFixture, populate
 from prometheus_client.parser import text_string_to_metric_families
 from wodrop.status.collect import WAITING_SHOWN
 from wodrop.status.server import parse_listen, start_status_server
+from wodrop.upload.protocol import AuthRefused
 from wodrop.waiting import WaitingFolder
 
 SECRETS = (API_KEY, UPLOAD_URL, "SECRET-UPLOAD-ID")
@@ -48,10 +49,11 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
 
 
 async def test_healthz_ok_then_stale_loop(served: Served) -> None:
-    assert (await served.get("/healthz"))[:2] == (200, "ok\n")
+    async with served.http.get(served.url + "/healthz") as r:  # the header says it is wodrop's answer
+        assert (r.status, await r.text(), r.headers["X-Wodrop-Health"]) == (200, "ok\n", "ok")
     served.fx.runtime.last_loop_tick = time.monotonic() - 45
-    status, body, _ = await served.get("/healthz")
-    assert status == 503 and "45 s" in body
+    async with served.http.get(served.url + "/healthz") as r:
+        assert (r.status, r.headers["X-Wodrop-Health"]) == (503, "stuck") and "45 s" in await r.text()
 
 
 async def test_readyz_ready(served: Served) -> None:
@@ -88,9 +90,10 @@ async def test_readyz_read_only_folder(served: Served) -> None:
 
 
 async def test_readyz_api_key_refused_and_db_down(served: Served) -> None:
-    served.fx.runtime.auth_error = f"401 Unauthorized for Token {API_KEY}"
+    served.fx.runtime.auth_error = f"the platform refused the API key (HTTP 401 for Token {API_KEY})"
     status, body, _ = await served.get("/readyz")
-    assert status == 503 and "API key refused" in body and API_KEY not in body
+    assert status == 503 and "- uploads paused: the platform refused the API key (HTTP 401 " in body
+    assert body.count("API key") == 1 and API_KEY not in body
     served.fx.runtime.auth_error = None
     served.fx.db.close()
     status, body, _ = await served.get("/readyz")
@@ -133,6 +136,7 @@ async def test_api_status_shape(served: Served) -> None:
     up, done = data["batches"]
     assert (up["name"], up["state"], up["percent"], up["work_orders"]) == ("batch-20240611-0002",
                                                                            "uploading", 40.0, 2)
+    assert (up["remote_batch_id"], done["remote_batch_id"]) == ("remote-2", "remote-1")
     assert up["rate_bytes_per_s"] == pytest.approx(12.3 * 2**20, rel=0.01)
     assert up["eta_s"] == pytest.approx(150 / 12.3, rel=0.02)
     assert up["attempts"] == 1 and "connection reset" in up["last_error"]
@@ -150,7 +154,7 @@ async def test_api_status_shape(served: Served) -> None:
 
 
 async def test_page_health_says_why(served: Served) -> None:
-    served.fx.runtime.auth_error = "401 Unauthorized"
+    served.fx.runtime.auth_error = str(AuthRefused(401))
     status, body, ctype = await served.get("/")
     assert status == 200 and ctype.startswith("text/html")
     assert '<header class="error">' in body

@@ -196,6 +196,29 @@ def test_batch_id_mode(tmp_path: Path, rx_factory: Any) -> None:
     assert sha256_file(rx.store / f"{batch_id}.zip") == sha256_file(archive)
 
 
+@pytest.mark.parametrize("batch_id", ["no-such-batch", "..", "../../_receiver/stats?x=1#y"])
+def test_an_unknown_batch_id_is_named_and_not_retried(tmp_path: Path, rx_factory: Any, batch_id: str) -> None:
+    """Whatever the id holds, only ``GET /v0.2/batches/{id}`` is asked (never the list or another path),
+    and the platform's 404 says which batch it does not know, at once (no retries)."""
+    rx = rx_factory(api_key="key-for-batch-id")
+    archive = random_file(tmp_path / "a.zip", 2 * K)
+    before = rx.stats["requests"]
+    r = wodrop_upload(write_config(tmp_path, rx.url), archive, "--batch-id", batch_id,
+                      api_key="key-for-batch-id")
+    assert r.returncode == 1
+    assert f"wodrop upload: the platform does not know batch {batch_id} (HTTP 404: Not found.)" in r.stderr
+    assert "check api.url" not in r.stderr and "upload_retry" not in r.stderr
+    assert rx.stats["requests"] == before + 1
+
+
+def test_an_empty_batch_id_is_a_usage_error(tmp_path: Path, rx_factory: Any) -> None:
+    rx = rx_factory()
+    archive = random_file(tmp_path / "a.zip", 10)
+    r = wodrop_upload(write_config(tmp_path, rx.url), archive, "--batch-id", "", api_key="k" * 20)
+    assert r.returncode == 2 and "--batch-id: empty" in r.stderr
+    assert rx.stats["sessions_created"] == 0
+
+
 def test_bad_key(tmp_path: Path, rx_factory: Any) -> None:
     rx = rx_factory(api_key="the-right-key")
     archive = random_file(tmp_path / "a.zip", 100)

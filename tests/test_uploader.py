@@ -138,6 +138,38 @@ async def test_each_fault_alone(
     assert rec.offsets == sorted(rec.offsets) and rec.offsets[-1] == archive.stat().st_size
 
 
+async def test_progress_is_reported_as_the_connection_takes_the_bytes(
+    tmp_path: Path, rx_factory: Any, http: aiohttp.ClientSession
+) -> None:
+    """A stall check and a rate need to see data move within a span, not only when the server confirms
+    the span at its end: under a limit, the offset every paced piece reaches is reported once written."""
+    rx = rx_factory()
+    size = 2 * K + 1000
+    archive = make_file(tmp_path / "a.zip", size)
+    events: list[tuple[str, int]] = []
+    limiter = Bandwidth(512 * 1024, burst=64 * 1024)  # pieces of 64 KiB: 4 per 256 KiB span
+    _, url = await api.create_batch(http, rx.url, "any-key-works", archive.stem)
+    await upload_archive(http, archive, url, size=size, chunk_size=K, retry=FAST, limiter=limiter,
+                         on_offset=lambda n: events.append(("confirmed", n)),
+                         on_progress=lambda n: events.append(("reached", n)))
+    assert events[:5] == [("reached", n * 64 * 1024) for n in (1, 2, 3, 4)] + [("confirmed", K)]
+    reached = [n for kind, n in events if kind == "reached"]
+    assert reached == sorted(reached) and reached[-1] == size and len(reached) == 9
+
+
+async def test_progress_goes_back_when_bytes_are_sent_again(tmp_path: Path, rx_factory: Any,
+                                                            http: aiohttp.ClientSession) -> None:
+    """A chunk the server read but did not keep is sent again from the server's offset: the offsets
+    reported say so (the stall check and the rate count only what goes further)."""
+    rx = rx_factory(faults="partial:0.5", seed=7)
+    archive = make_file(tmp_path / "a.zip", 9 * K + 777)
+    reached: list[int] = []
+    pieces = Bandwidth(64 * 1024 * 1024)  # a fast limit, only to send 64 KiB pieces
+    await upload(http, rx, archive, limiter=pieces, on_progress=reached.append)
+    assert rx.stats["faults_injected"], "the fault never fired: the test proves nothing"
+    assert reached != sorted(reached) and max(reached) == reached[-1] == archive.stat().st_size
+
+
 async def test_a_slow_server_times_out_and_is_retried(tmp_path: Path, rx_factory: Any) -> None:
     rx = rx_factory(faults="slow=0.5s:0.3", seed=3)
     archive = make_file(tmp_path / "a.zip", 6 * K)

@@ -91,10 +91,22 @@ def test_bad_image_name(tmp_path: Path, name: str, why: str) -> None:
     ("Metadata.json", "metadata.json exactly"),
     ("A.gif", "accepts only JPEG and PNG"),
     ("A.HEIC", "accepts only JPEG and PNG"),
+    ("B-2.jfif", "B-2.jfif is a JPEG photo by its name (.jfif is JPEG), but the platform takes only .jpg, "
+                 ".jpeg and .png names. Rename it to B-2.jpg."),
+    ("B.JPE", "Rename it to B.jpg."),
 ])
 def test_unsupported_file(tmp_path: Path, name: str, hint: str) -> None:
     wo = make_work_order(tmp_path, "WO_1", images=["A.jpg"], extra_files={name: b"data"})
     assert hint in only(check(wo), "unsupported_file", name)
+
+
+def test_a_jfif_photo_renamed_as_suggested_is_valid(tmp_path: Path) -> None:
+    wo = make_work_order(tmp_path, "WO_1", images=[], extra_files={"A-1.jfif": jpeg_bytes()})
+    report = check(wo)
+    assert codes(report) == [("unsupported_file", "A-1.jfif"), ("no_images", None)]
+    assert report.errors[0].message.endswith("Rename it to A-1.jpg.")
+    (wo / "A-1.jfif").rename(wo / "A-1.jpg")
+    assert check(wo).valid
 
 
 def test_unknown_task_group(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -24,9 +25,11 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from wodrop.units import format_duration, parse_duration, parse_size
@@ -69,6 +72,27 @@ def short_settle_allowed(info: ValidationInfo | None = None) -> bool:
     context = info.context if info is not None and isinstance(info.context, dict) else {}
     environ = context.get("environ", os.environ)
     return str(environ.get(UNSAFE_SHORT_SETTLE_ENV, "")).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _http_url(v: str | None, example: str, secret_hint: str) -> str | None:
+    """An http(s) URL that can be used as it is, without a ``user:password@``, or None. Never echoed:
+    it may hold a password or a token."""
+    if v is None or v == "":
+        return None
+    if not re.match(r"^https?://[^/\s]+", v) or not v.isprintable() or any(c.isspace() for c in v):
+        raise ValueError(f"expected a URL like {example}")
+    if "@" in v.split("://", 1)[1].split("/", 1)[0]:
+        raise ValueError(f"must not contain a user or password (user:password@); {secret_hint}")
+    try:
+        u = urlsplit(v)
+        port = u.port
+    except ValueError as e:  # "Port out of range 0-65535", "Invalid IPv6 URL"
+        raise ValueError(f"expected a URL like {example} ({str(e)[:1].lower()}{str(e)[1:]})") from None
+    if not u.hostname:
+        raise ValueError(f"expected a URL like {example} (no host name)")
+    if port == 0:
+        raise ValueError(f"expected a URL like {example} (port 0 cannot be connected to)")
+    return v
 
 
 class ConfigError(Exception):
@@ -151,9 +175,12 @@ class FormatConfig(_Section):
 
 
 class BatchConfig(_Section):
-    max_bytes: Size = 512 * 1024**2
+    max_bytes: Size = 128 * 1024**2
     max_work_orders: int = Field(default=1000, ge=1)
     max_age: Duration = 10.0
+    #: seal sooner when no work order came for this long, none is on its way and an uploader is idle;
+    #: 0 turns it off
+    linger: Duration = 0.5
     max_sealed: int = Field(default=4, ge=1, description="sealed batches waiting in the spool")
     min_free_space: Size = 1024**3
 
@@ -215,15 +242,50 @@ class ApiConfig(_Section):
     @field_validator("url")
     @classmethod
     def _http_url(cls, v: str | None) -> str | None:
-        if v is None or v == "":
-            return None
-        if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError("expected a URL like https://api.<site-id>.customers.deepomatic.com")
-        if "@" in v.split("://", 1)[1].split("/", 1)[0]:
-            # never echo the value: it holds a password
-            raise ValueError("must not contain a user or password (user:password@); the API key goes in "
-                             "CUSTOMER_API_KEY or api.api_key_file")
-        return v.rstrip("/")
+        url = _http_url(v, "https://api.<site-id>.customers.deepomatic.com",
+                        "the API key goes in CUSTOMER_API_KEY or api.api_key_file")
+        return url.rstrip("/") if url else None
+
+
+def _statuses(v: list[str]) -> list[str]:
+    """Platform statuses compare without case or surrounding spaces."""
+    out = [str(s).strip().lower() for s in v]
+    if not out or any(not s for s in out):
+        raise ValueError("expected a list of non-empty status names")
+    return out
+
+
+class FollowupConfig(_Section):
+    """After an upload, poll the platform's batch until its processing ends (``pipeline/followup.py``)."""
+
+    #: None: on when ``api.url`` is set (the embedded receiver is not followed unless asked)
+    enabled: bool | None = None
+    poll_interval: Duration = 30.0
+    timeout: Duration = 86400.0
+    done_statuses: list[str] = Field(default_factory=lambda: ["done", "finished", "success", "succeeded",
+                                                              "completed"])
+    failed_statuses: list[str] = Field(default_factory=lambda: ["failed", "error", "errored", "rejected"])
+
+    @field_validator("poll_interval", "timeout")
+    @classmethod
+    def _followup_floor(cls, v: float) -> float:
+        return _at_least(v, 1.0, ", or the platform's API would be polled in a loop")
+
+    @field_validator("done_statuses", "failed_statuses")
+    @classmethod
+    def _status_names(cls, v: list[str]) -> list[str]:
+        return _statuses(v)
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> FollowupConfig:
+        both = sorted(set(self.done_statuses) & set(self.failed_statuses))
+        if both:
+            raise ValueError(f"{', '.join(both)} cannot be both a done and a failed status")
+        return self
+
+    def active(self, api_url: str | None) -> bool:
+        """Whether batches are followed: ``enabled``, or by default when the platform is configured."""
+        return self.enabled if self.enabled is not None else api_url is not None
 
 
 class StatusConfig(_Section):
@@ -232,11 +294,13 @@ class StatusConfig(_Section):
     @field_validator("listen", mode="before")
     @classmethod
     def _yaml_off(cls, v: object) -> object:
-        """YAML reads a bare ``off`` as false; a bare port is a common slip: say what is expected."""
+        """YAML reads a bare ``off`` as false; a bare port is a common slip: say what to write."""
         if v is False:
             return None
         if isinstance(v, int) and not isinstance(v, bool):
-            raise ValueError(f"expected HOST:PORT like 127.0.0.1:{v}, or off")
+            raise ValueError(_bare_port(v))
+        if v is not None and not isinstance(v, str):
+            raise ValueError(_LISTEN_EXPECTED)
         return v
 
     @field_validator("listen")
@@ -244,15 +308,90 @@ class StatusConfig(_Section):
     def _host_port(cls, v: str | None) -> str | None:
         if v is None or v == "" or v.lower() in ("off", "none", "false"):
             return None
+        if v.strip().isdigit():
+            raise ValueError(_bare_port(v.strip()))
         _host, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError("expected HOST:PORT like 127.0.0.1:9410, or off")
+            raise ValueError(_LISTEN_EXPECTED)
         return v
+
+
+_LISTEN_EXPECTED = "must be HOST:PORT, e.g. 127.0.0.1:9410, or off"
+
+
+def _bare_port(port: object) -> str:
+    return (f"must be HOST:PORT, not a bare port: write 127.0.0.1:{port} (this machine only) or "
+            f"0.0.0.0:{port} (every interface, as in a container)")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """A valid ``status.listen``: ``127.0.0.1:9410`` / ``[::1]:9410`` / ``:9410`` (every interface) ->
+    (host, port). Here, not in the server, so that ``wodrop healthcheck`` starts without loading it."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
+
+
+#: shortest webhook secret accepted: an HMAC key a guess cannot find, and long enough to be redacted
+MIN_WEBHOOK_SECRET = 16
+
+
+class NotifyConfig(_Section):
+    """Events for people, POSTed to a webhook (:mod:`wodrop.notify`). The secret signs each body; it
+    is a ``SecretStr`` so that no repr, dump or error message shows it."""
+
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_secret_file: Path | None = None
+    #: the events to send; None: every one
+    events: list[str] | None = None
+    stall_after: Duration = 900.0
+    timeout: Duration = 10.0
+    max_retries: int = Field(default=5, ge=0, le=20, description="retries of one event before it is dropped")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, v: str | None) -> str | None:
+        return _http_url(v, "https://hooks.example.com/wodrop",
+                         "sign the requests with notify.webhook_secret_file instead")
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_length(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value().strip()) < MIN_WEBHOOK_SECRET:
+            raise ValueError(f"expected at least {MIN_WEBHOOK_SECRET} characters")
+        return v
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, v: list[str] | None) -> list[str] | None:
+        from wodrop.notify import EVENTS  # wodrop.notify imports this module
+
+        unknown = [e for e in v or [] if e not in EVENTS]
+        if unknown:
+            raise ValueError(f"unknown event {', '.join(map(repr, unknown))} (known: {', '.join(EVENTS)})")
+        return v
+
+    @field_validator("stall_after")
+    @classmethod
+    def _stall_floor(cls, v: float) -> float:
+        return _at_least(v, 1.0, ", or every pause between two chunks would be reported")
+
+    @field_validator("timeout")
+    @classmethod
+    def _notify_timeout_floor(cls, v: float) -> float:
+        return _at_least(v, MIN_TIMEOUT, ": 0 would turn the timeout off and let a silent webhook hold "
+                                         "every notification back")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> NotifyConfig:
+        if self.webhook_secret is not None and self.webhook_secret_file is not None:
+            raise ValueError("set notify.webhook_secret or notify.webhook_secret_file, not both")
+        return self
 
 
 class Config(_Section):
@@ -262,11 +401,20 @@ class Config(_Section):
     batch: BatchConfig = Field(default_factory=BatchConfig)
     upload: UploadConfig = Field(default_factory=UploadConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    followup: FollowupConfig = Field(default_factory=FollowupConfig)
     status: StatusConfig = Field(default_factory=StatusConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
 
     #: the file this came from, for messages and SIGHUP reloads (not a config key)
     source: Path | None = Field(default=None, exclude=True)
+
+    @property
+    def local_receiver_store(self) -> Path:
+        """Where the embedded receiver keeps batches when ``api.url`` is not set: ``./wodrop-data/received``
+        for a newcomer with no config, else inside the state folder (the one place a configured install,
+        e.g. a read-only container, is sure to write)."""
+        return self.paths.state.parent / "received" if self.source is None else self.paths.state / "received"
 
 
 def _describe(err: dict[str, Any]) -> str:

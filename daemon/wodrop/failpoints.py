@@ -31,6 +31,8 @@ POINTS: dict[str, str] = {
     "upload.marked": "the DB says uploaded, no folder moved yet",
     "batch.finished": "every folder moved, batch done in the DB, archive still in the spool",
     "discard.recorded": "batch discarded in the DB, its archive not yet removed",
+    "followup.planned": "the platform's errors for a work order recorded in the DB, done/<WO>.platform.json "
+                        "not written yet",
 }
 
 

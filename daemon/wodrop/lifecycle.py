@@ -23,6 +23,13 @@ Work order::
 
 ``origin`` separates the daemon's batches from ``wodrop upload``'s one-shot uploads: the daemon only
 ever resumes, finishes or discards batches whose origin is ``daemon``.
+
+Follow-up (the platform's processing after the upload; its own column, beside the batch state)::
+
+    (none) ──uploaded, followup on──▶ following ──▶ done | failed | timeout | lost
+
+A batch starts ``following`` in the same transaction that marks it uploaded (so a crash cannot lose
+the follow-up), and never goes back to it.
 """
 
 from __future__ import annotations
@@ -53,7 +60,15 @@ class Origin(StrEnum):
     CLI = "cli"  # ``wodrop upload ARCHIVE``: a user's file, never touched by the daemon
 
 
-B, W = BatchState, WorkOrderState
+class FollowupState(StrEnum):
+    FOLLOWING = "following"  # uploaded: the platform's verdict is polled
+    DONE = "done"  # the platform reported one of followup.done_statuses
+    FAILED = "failed"  # ... one of followup.failed_statuses: it failed the batch as a whole
+    TIMEOUT = "timeout"  # no final status within followup.timeout
+    LOST = "lost"  # the platform answered 404 again and again: it no longer knows the batch
+
+
+B, W, F = BatchState, WorkOrderState, FollowupState
 
 #: to-state -> the states it may be reached from
 BATCH_TRANSITIONS: dict[BatchState, frozenset[BatchState]] = {
@@ -70,6 +85,14 @@ WORK_ORDER_TRANSITIONS: dict[WorkOrderState, frozenset[WorkOrderState]] = {
     W.DONE: frozenset({W.BATCHED, W.CLAIMED}),  # from claimed: the ledger says it was delivered
     W.FAILED: frozenset({W.CLAIMED, W.BATCHED}),
     W.RETRIED: frozenset({W.FAILED}),
+}
+
+#: a batch is ``following`` from the moment it is marked uploaded (see ``StateDB.mark_uploaded``)
+FOLLOWUP_TRANSITIONS: dict[FollowupState, frozenset[FollowupState]] = {
+    F.DONE: frozenset({F.FOLLOWING}),
+    F.FAILED: frozenset({F.FOLLOWING}),
+    F.TIMEOUT: frozenset({F.FOLLOWING}),
+    F.LOST: frozenset({F.FOLLOWING}),
 }
 
 #: batches whose archive is still in the spool (what recovery and the spool clean-up look at)
@@ -95,3 +118,10 @@ def work_order_sources(to: WorkOrderState) -> frozenset[WorkOrderState]:
         return WORK_ORDER_TRANSITIONS[to]
     except KeyError:
         raise IllegalTransition(f"no work order ever moves to {to}") from None
+
+
+def followup_sources(to: FollowupState) -> frozenset[FollowupState]:
+    try:
+        return FOLLOWUP_TRANSITIONS[to]
+    except KeyError:
+        raise IllegalTransition(f"no follow-up ever moves to {to}") from None

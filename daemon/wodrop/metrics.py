@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from wodrop.lifecycle import FollowupState
+
 # ``*_created`` series double the output and no dashboard of ours reads them.
 disable_created_metrics()
 
@@ -14,7 +16,7 @@ WORK_ORDERS = Counter(
     ["outcome"], registry=REGISTRY,
 )
 BATCHES_SEALED = Counter(
-    "wodrop_batches_sealed", "Batches sealed, by reason (size, count, age, single, duplicate)",
+    "wodrop_batches_sealed", "Batches sealed, by reason (size, count, age, idle, space, single, duplicate)",
     ["reason"], registry=REGISTRY,
 )
 BATCHES = Gauge("wodrop_batches", "Batches in the state DB by state", ["state"], registry=REGISTRY)
@@ -41,5 +43,15 @@ BATCH_SIZE = Histogram(
     "wodrop_batch_size_bytes", "Size of sealed batch archives",
     buckets=tuple(2**p for p in range(20, 36)), registry=REGISTRY,
 )
+PLATFORM_BATCHES = Gauge(
+    "wodrop_platform_batches", "Uploaded batches by the platform's processing outcome (following, done,"
+    " failed, timeout, lost)", ["outcome"], registry=REGISTRY,
+)
+for _outcome in FollowupState:  # every series exists from the first scrape (set by the follow-up stage)
+    PLATFORM_BATCHES.labels(str(_outcome))
 API_KEY_OK = Gauge("wodrop_api_key_accepted", "1 when the platform accepted the API key, 0 when refused",
                    registry=REGISTRY)
+NOTIFICATIONS = Counter(
+    "wodrop_notifications", "Webhook notifications, by event and outcome (sent, failed, dropped)",
+    ["event", "outcome"], registry=REGISTRY,
+)

@@ -10,8 +10,10 @@ value, the query string without the host, a path token, or the URL percent-encod
 :func:`redact` masks every occurrence of any of those forms, overlapping ones included; a URL left
 holding a mask is then cut to ``scheme://host/«redacted»``. Ordinary words (``upload``, ``v0.2``,
 ``resumable``), object names, dates and small numbers in a URL are not secrets and stay readable; a
-random-looking path segment is masked even when it is only an id (the reference receiver's batch id):
-the safe side.
+random-looking path segment is masked even when it is only an id: the safe side. Except the ids known
+to be public (:func:`register_public`: the platform's batch id, which people need to match a batch with
+the platform): a path segment equal to one is not masked, whenever either was registered. The URL
+itself stays masked: by its other secrets, or whole when the public id was all it had.
 
 Speed: :func:`redact` runs on every log line. The forms are compiled into one regex shaped like a trie
 (``(?:ab(?:c|d)|x...)``), rebuilt lazily after the set changes, so a scan tries at most one branch per
@@ -55,6 +57,10 @@ _URL_HEAD = re.compile(r"^(https?://)(?:[^/?#\s@]*@)?([^/?#\s@]+)")
 _lock = threading.Lock()
 _registered: set[str] = set()  # every value given to register_secret: repeats are cheap no-ops
 _forms: dict[str, str] = {}  # every text form of every secret part -> what replaces it
+#: registered URL -> (its token-like path segments -> their forms, the whole URL's forms when nothing
+#: else in it is secret): a segment is masked unless it is a public id
+_path_tokens: dict[str, tuple[dict[str, dict[str, str]], dict[str, str]]] = {}
+_public: set[str] = set()  # register_public
 _matcher: tuple[re.Pattern[str], dict[str, str]] | None = None
 _dirty = False
 
@@ -72,20 +78,22 @@ def _is_path_token(segment: str) -> bool:
     return not _SLUG.fullmatch(segment)
 
 
-def _url_parts(url: str) -> set[str]:
-    """The secret-bearing parts of a URL: query values, token-like path segments, the password."""
+def _url_parts(url: str) -> tuple[set[str], set[str]]:
+    """The secret-bearing parts of a URL: (token-like path segments, the others: query values and the
+    password)."""
     try:
         u = urlsplit(url)
         password = u.password
     except ValueError:
-        return set()
+        return set(), set()
     parts: set[str] = set()
+    tokens: set[str] = set()
     if password and len(unquote(password)) >= _MIN_SECRET:
         parts |= {password, unquote(password)}
     for segment in u.path.split("/"):
         for s in {segment, unquote(segment)}:
             if _is_path_token(s):
-                parts |= {segment, s}
+                tokens |= {segment, s}
     for pair in re.split(r"[&;]", u.query):
         key, _, raw = pair.partition("=")
         if unquote_plus(key).strip().lower() in _PUBLIC_KEYS:
@@ -93,7 +101,7 @@ def _url_parts(url: str) -> set[str]:
         for v in {raw, unquote_plus(raw), unquote(raw)}:
             if len(v) >= _MIN_QUERY_VALUE and not _PUBLIC_VALUE.fullmatch(v):
                 parts.add(v)
-    return parts
+    return tokens, parts
 
 
 def _encodings(value: str) -> set[str]:
@@ -143,6 +151,17 @@ def _compile(forms: Mapping[str, str]) -> re.Pattern[str]:
         return re.compile(f"(?=({alternation}))")
 
 
+def _forms_of(part: str) -> dict[str, str]:
+    """Every form of one secret part -> what replaces it (a URL keeps its host)."""
+    replacement = redact_url(part) if _is_url(part) else MASK
+    return {form: replacement for form in _encodings(part) if len(form) >= _MIN_SECRET}
+
+
+def _add(forms: dict[str, str], more: Mapping[str, str]) -> None:
+    for form, replacement in more.items():
+        forms.setdefault(form, replacement)
+
+
 def register_secret(value: str | None) -> None:
     """Remember a secret so that :func:`redact` masks it wherever it appears. For a URL that means its
     secret-bearing parts (a URL with none is masked whole), in their percent-encoded and JSON-escaped
@@ -154,20 +173,48 @@ def register_secret(value: str | None) -> None:
         if value in _registered:
             return
         _registered.add(value)
-        parts = (_url_parts(value) or {value}) if _is_url(value) else {value}
+        tokens, parts = _url_parts(value) if _is_url(value) else (set(), {value})
+        if not tokens and not parts:  # a URL with no part that looks secret: all of it is
+            parts = {value}
+        if tokens:  # masked unless public ids (register_public), decided when the matcher is built
+            _path_tokens[value] = ({t: _forms_of(t) for t in tokens}, {} if parts else _forms_of(value))
         for part in parts:
-            replacement = redact_url(part) if _is_url(part) else MASK
-            for form in _encodings(part):
-                if len(form) >= _MIN_SECRET:
-                    _forms.setdefault(form, replacement)
+            _add(_forms, _forms_of(part))
         _dirty = True
+
+
+def register_public(value: str | None) -> None:
+    """An id that is no secret though it looks like one (the platform's batch id, which people need to
+    find a batch on the platform): a registered URL's path segment equal to it is not masked. Query
+    values, passwords and values registered on their own stay masked; so does the URL itself."""
+    global _dirty
+    if not value:
+        return
+    with _lock:
+        if value not in _public:
+            _public.add(value)
+            _dirty = True
+
+
+def _all_forms() -> dict[str, str]:
+    """Every form to mask now: the secrets, and the path tokens that are not public ids (a URL whose
+    only secret was a public id is masked whole)."""
+    forms = dict(_forms)
+    for tokens, whole in _path_tokens.values():
+        hidden = [f for t, f in tokens.items() if t not in _public and unquote(t) not in _public]
+        for token_forms in hidden:
+            _add(forms, token_forms)
+        if not hidden:
+            _add(forms, whole)
+    return forms
 
 
 def _current_matcher() -> tuple[re.Pattern[str], dict[str, str]] | None:
     global _matcher, _dirty
     with _lock:
         if _dirty:
-            _matcher = (_compile(_forms), dict(_forms)) if _forms else None
+            forms = _all_forms()
+            _matcher = (_compile(forms), forms) if forms else None
             _dirty = False
         return _matcher
 

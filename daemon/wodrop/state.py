@@ -26,14 +26,16 @@ from typing import Any, TypeVar
 from wodrop.lifecycle import (
     SENT_WORK_ORDER_STATES,
     BatchState,
+    FollowupState,
     IllegalTransition,
     Origin,
     WorkOrderState,
     batch_sources,
+    followup_sources,
     work_order_sources,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -87,6 +89,23 @@ _MIGRATIONS: dict[int, str] = {
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE INDEX batches_origin ON batches(origin, state);
     """,
+    # Follow-up of the platform's processing. Batches uploaded before it stay NULL: not followed.
+    3: """
+    ALTER TABLE batches ADD COLUMN followup TEXT;          -- following | done | failed | timeout | lost
+    ALTER TABLE batches ADD COLUMN followup_next_at REAL;  -- unix time of the next poll
+    ALTER TABLE batches ADD COLUMN followup_polls INTEGER NOT NULL DEFAULT 0;  -- since the status changed
+    ALTER TABLE batches ADD COLUMN followup_misses INTEGER NOT NULL DEFAULT 0; -- 404s in a row
+    ALTER TABLE batches ADD COLUMN followup_error TEXT;    -- why the last poll failed
+    ALTER TABLE batches ADD COLUMN platform_status TEXT;   -- the platform's last status, as it wrote it
+    ALTER TABLE batches ADD COLUMN platform_status_at REAL; -- when that status was first seen
+    ALTER TABLE batches ADD COLUMN platform_message TEXT;  -- the platform's errors about the whole batch
+    ALTER TABLE batches ADD COLUMN platform_errors INTEGER NOT NULL DEFAULT 0;  -- error entries it listed
+    CREATE INDEX batches_followup ON batches(followup, followup_next_at);
+    ALTER TABLE work_orders ADD COLUMN platform_errors TEXT;  -- JSON list of {code, file, message}
+    ALTER TABLE work_orders ADD COLUMN platform_report TEXT;  -- its done/<WO>.platform.json (ours)
+    ALTER TABLE work_orders ADD COLUMN platform_at REAL;
+    CREATE INDEX work_orders_platform ON work_orders(platform_at);
+    """,
 }
 
 
@@ -116,6 +135,16 @@ class BatchRow:
     uploaded_at: float | None
     finished_at: float | None
     updated_at: float
+    # schema 3 (defaults: what a reader of an older DB sees)
+    followup: str | None = None
+    followup_next_at: float | None = None
+    followup_polls: int = 0
+    followup_misses: int = 0
+    followup_error: str | None = None
+    platform_status: str | None = None
+    platform_status_at: float | None = None
+    platform_message: str | None = None
+    platform_errors: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,17 +162,28 @@ class WorkOrderRow:
     claimed_at: float
     finished_at: float | None
     updated_at: float
+    # schema 3
+    platform_errors: str | None = None
+    platform_report: str | None = None
+    platform_at: float | None = None
 
     @property
     def error_list(self) -> list[dict[str, Any]]:
         return json.loads(self.errors) if self.errors else []
+
+    @property
+    def platform_error_list(self) -> list[dict[str, Any]]:
+        return json.loads(self.platform_errors) if self.platform_errors else []
 
 
 _Row = TypeVar("_Row", BatchRow, WorkOrderRow)
 
 
 def _rows(cls: type[_Row], cur: sqlite3.Cursor) -> list[_Row]:
-    names = [f.name for f in fields(cls)]
+    """Rows as ``cls``; a column an older schema lacks (``wodrop status`` reading the DB of a daemon not
+    restarted since the upgrade: read-only, not migrated) keeps the field's default."""
+    have = {d[0] for d in cur.description or ()}
+    names = [f.name for f in fields(cls) if f.name in have]
     return [cls(**{n: r[n] for n in names}) for r in cur.fetchall()]
 
 
@@ -199,6 +239,8 @@ class StateDB:
                 version = self._db.execute("PRAGMA user_version").fetchone()[0]
                 if version > SCHEMA_VERSION:
                     raise StateError(f"{path}: written by a newer wodrop (schema {version})")
+            #: the schema in use: a read-only open of an older daemon's DB is not migrated
+            self.schema: int = self._db.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise StateError(f"{path}: cannot use state DB ({e})") from None
@@ -413,9 +455,13 @@ class StateDB:
                 (error, time.time(), batch_id),
             )
 
-    def mark_uploaded(self, batch_id: int, size: int) -> None:
+    def mark_uploaded(self, batch_id: int, size: int, *, follow_at: float | None = None) -> None:
+        """The server holds every byte. ``follow_at``: start the follow-up (first poll at that unix
+        time) in the same transaction, so a crash cannot leave an uploaded batch unfollowed."""
+        follow = {"followup": str(FollowupState.FOLLOWING), "followup_next_at": follow_at,
+                  "followup_polls": 0, "followup_misses": 0} if follow_at is not None else {}
         self._batch_to(batch_id, BatchState.UPLOADED, durable=True, committed_offset=size,
-                       uploaded_at=time.time(), last_error=None)
+                       uploaded_at=time.time(), last_error=None, **follow)
 
     def finish_batch(self, batch_id: int, state: BatchState, error: str | None = None) -> None:
         """``done`` (every work order moved) or ``failed`` (refused for good)."""
@@ -440,6 +486,108 @@ class StateDB:
                 self._move(db, "work_orders", wo_id, WorkOrderState.CLAIMED,
                            work_order_sources(WorkOrderState.CLAIMED), {"batch_id": None})
         return ids
+
+    # ---- follow-up of the platform's processing ----------------------------------------------------
+
+    _FOLLOWED = "origin = 'daemon' AND state = 'done' AND followup = 'following'"
+
+    def followups_due(self, now: float, limit: int = 100) -> list[BatchRow]:
+        """Daemon batches being followed (moves finished) whose next poll is due, most overdue first."""
+        return _rows(BatchRow, self._db.execute(
+            f"SELECT * FROM batches WHERE {self._FOLLOWED} AND COALESCE(followup_next_at, 0) <= ?"
+            " ORDER BY followup_next_at, id LIMIT ?", (now, int(limit))))
+
+    def next_followup_at(self) -> float | None:
+        """Unix time of the next poll due (None: nothing is followed)."""
+        row = self._db.execute(
+            f"SELECT MIN(COALESCE(followup_next_at, 0)) FROM batches WHERE {self._FOLLOWED}").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def followup_polled(self, batch_id: int, *, next_at: float, status: str | None = None,
+                        error: str | None = None, missed: bool = False) -> None:
+        """One poll of a followed batch: the status it read (None: the poll failed, ``error`` says why;
+        ``missed``: the platform answered 404) and when to poll next. A new status resets the backoff."""
+        now = time.time()
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE batches SET"
+                " platform_status_at = CASE WHEN ?1 IS NOT NULL AND platform_status IS NOT ?1 THEN ?2"
+                "   ELSE platform_status_at END,"
+                " followup_polls = CASE WHEN ?1 IS NOT NULL AND platform_status IS NOT ?1 THEN 0"
+                "   ELSE followup_polls + 1 END,"
+                " platform_status = COALESCE(?1, platform_status),"
+                " followup_misses = CASE WHEN ?3 THEN followup_misses + 1 ELSE 0 END,"
+                " followup_error = ?4, followup_next_at = ?5, updated_at = ?2"
+                " WHERE id = ?6 AND followup = ?7",
+                (status, now, missed, error, next_at, batch_id, str(FollowupState.FOLLOWING)))
+            if cur.rowcount != 1:
+                raise IllegalTransition(f"batches {batch_id}: not being followed; poll not recorded")
+
+    def end_followup(self, batch_id: int, outcome: FollowupState, *, status: str | None = None,
+                     message: str | None = None, errors: int | None = None,
+                     poll_error: str | None = None) -> None:
+        """The follow-up's outcome (``status``: the platform's final one, when it gave one).
+        ``poll_error``: why the last poll failed, when it did (else it is cleared: the last poll read)."""
+        if outcome == FollowupState.FOLLOWING:
+            raise IllegalTransition("end_followup: following is not an outcome")
+        now = time.time()
+        marks, src = _placeholders(str(s) for s in sorted(followup_sources(outcome)))
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE batches SET followup = ?1, followup_next_at = NULL, followup_error = ?7,"
+                " platform_status_at = CASE WHEN ?2 IS NOT NULL AND platform_status IS NOT ?2 THEN ?3"
+                "   ELSE COALESCE(platform_status_at, ?3) END,"
+                " platform_status = COALESCE(?2, platform_status),"
+                " platform_message = COALESCE(?4, platform_message),"
+                " platform_errors = COALESCE(?5, platform_errors), updated_at = ?3"
+                f" WHERE id = ?6 AND followup IN ({marks})",
+                (str(outcome), status, now, message, errors, batch_id, poll_error, *src))
+            if cur.rowcount != 1:
+                now_row = db.execute("SELECT followup FROM batches WHERE id = ?", (batch_id,)).fetchone()
+                what = "no such row" if now_row is None else f"it is {now_row[0]}"
+                raise IllegalTransition(f"batches {batch_id}: follow-up cannot end {outcome} ({what})")
+
+    def followup_counts(self) -> dict[str, int]:
+        """Followed batches by follow-up state (``following`` and the outcomes)."""
+        if self.schema < 3:
+            return {}
+        return {str(s): int(n) for s, n in self._db.execute(
+            "SELECT followup, COUNT(*) FROM batches WHERE followup IS NOT NULL GROUP BY followup")}
+
+    def count_platform_failed_since(self, since: float) -> int:
+        """Batches the platform failed as a whole whose verdict came at or after unix time ``since``."""
+        if self.schema < 3:
+            return 0
+        row = self._db.execute("SELECT COUNT(*) FROM batches WHERE followup = ? AND platform_status_at >= ?",
+                               (str(FollowupState.FAILED), since)).fetchone()
+        return int(row[0])
+
+    def record_platform_errors(self, wo_id: int, errors: list[dict[str, Any]], report: Path) -> None:
+        """What the platform reported about a delivered work order, and the report file that says it
+        (recorded *before* the file is written: a file at that path is then known to be ours)."""
+        with self.transaction() as db:
+            db.execute("UPDATE work_orders SET platform_errors = ?, platform_report = ?, platform_at = ?"
+                       " WHERE id = ?", (json.dumps(errors), str(report), time.time(), wo_id))
+
+    def platform_reported(self, *, limit: int | None = None,
+                          since: float | None = None) -> list[WorkOrderRow]:
+        """Work orders the platform reported errors for, newest first."""
+        if self.schema < 3:
+            return []
+        sql, args = "SELECT * FROM work_orders WHERE platform_at IS NOT NULL", list[object]()
+        if since is not None:
+            sql += " AND platform_at >= ?"
+            args.append(since)
+        sql += " ORDER BY platform_at DESC, id DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return _rows(WorkOrderRow, self._db.execute(sql, args))
+
+    def count_platform_reported_since(self, since: float) -> int:
+        if self.schema < 3:
+            return 0
+        row = self._db.execute("SELECT COUNT(*) FROM work_orders WHERE platform_at >= ?", (since,)).fetchone()
+        return int(row[0])
 
     # ---- work orders ---------------------------------------------------------------------------
 
@@ -529,6 +677,43 @@ class StateDB:
             "SELECT COUNT(*) FROM work_orders WHERE state = ? AND finished_at >= ?", (str(state), since)
         ).fetchone()
         return int(row[0])
+
+    def hourly_activity(self, since: float, hours: int) -> dict[str, list[int]]:
+        """The status page's chart: for each of ``hours`` hours from unix time ``since``, the bytes
+        (``uploaded_bytes``) and batches (``batches_uploaded``) the server confirmed, the work orders
+        delivered (``work_orders_done``) and those now in failed/ (``work_orders_failed``, by when they
+        failed). A time after the last hour (the clock was set back) counts in the last hour. Cheap
+        without an index on the times: delivered work orders are found through the few batches
+        finished since then or still moving folders."""
+        keys = ("uploaded_bytes", "batches_uploaded", "work_orders_done", "work_orders_failed")
+        out = {key: [0] * hours for key in keys}
+        hour = "MIN(CAST(({t} - :since) / 3600 AS INTEGER), :last) AS h"
+        args = {"since": since, "last": hours - 1, "uploaded": str(BatchState.UPLOADED),
+                "done": str(WorkOrderState.DONE), "failed": str(WorkOrderState.FAILED)}
+        queries = {
+            ("batches_uploaded", "uploaded_bytes"):
+                f"SELECT {hour.format(t='uploaded_at')}, COUNT(*), SUM(COALESCE(size, committed_offset))"
+                " FROM batches WHERE uploaded_at >= :since GROUP BY h",
+            # CROSS JOIN keeps batches the outer loop: never a scan of every work order ever delivered
+            ("work_orders_done",):
+                f"SELECT {hour.format(t='w.finished_at')}, COUNT(*) FROM batches b CROSS JOIN work_orders w"
+                " ON w.batch_id = b.id WHERE (b.finished_at >= :since OR b.state = :uploaded)"
+                " AND w.state = :done AND w.finished_at >= :since GROUP BY h",
+            ("work_orders_failed",):
+                f"SELECT {hour.format(t='finished_at')}, COUNT(*) FROM work_orders"
+                " WHERE state = :failed AND finished_at >= :since GROUP BY h",
+        }
+        for columns, sql in queries.items():
+            for h, *values in self._db.execute(sql, args):
+                for key, value in zip(columns, values, strict=True):
+                    out[key][h] = int(value or 0)
+        return out
+
+    def any_claimed(self) -> bool:
+        """Some work order is claimed but in no archive yet (being validated or packed, or parked)."""
+        row = self._db.execute("SELECT 1 FROM work_orders WHERE state = ? LIMIT 1",
+                               (str(WorkOrderState.CLAIMED),)).fetchone()
+        return row is not None
 
     def counts(self) -> dict[str, dict[str, int]]:
         """``{"work_orders": {state: n}, "batches": {state: n}}`` for status and metrics."""

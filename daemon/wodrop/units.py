@@ -97,3 +97,14 @@ def format_duration(seconds: float) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def noun(n: int, word: str) -> str:
+    """``word`` as ``n`` of them are called: ``batch`` for 1, ``batches`` for 0 or 2 (English nouns of
+    wodrop's messages: ``-es`` after a sibilant, else ``-s``)."""
+    return word if n == 1 else f"{word}es" if word.endswith(("ch", "sh", "s", "x")) else f"{word}s"
+
+
+def plural(n: int, word: str) -> str:
+    """``1 batch``, ``2 batches``, ``0 work orders``: a count and its noun, for people."""
+    return f"{n} {noun(n, word)}"

@@ -84,6 +84,8 @@ def populate(root: Path) -> StatusFixture:
     rt.pending = {"WO_new_1": now - 125.0, "WO_new_2": now - 10.0, "WO_new_3": now - 2.0}
     progress = UploadProgress(batch_id=up, name="batch-20240611-0002", total=250 * MiB)
     progress.sent = 100 * MiB
-    progress.samples = [(now - 4.0, int(100 * MiB - 4 * 12.3 * MiB)), (now, 100 * MiB)]
+    progress.started = now - 8.0  # 12.3 MiB/s since it started 8 s ago
+    progress.samples = [(now - 8.0, int(100 * MiB - 8 * 12.3 * MiB)), (now, 100 * MiB)]
+    progress.furthest = 100 * MiB
     rt.uploads[up] = progress
     return StatusFixture(cfg, config_path, db, rt, up, done)

@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from wodrop.cli import EXIT_FAILED, EXIT_OK, load_cli_config
+from wodrop.logs import setup_logging
 from wodrop.redact import redact
 from wodrop.secrets import SecretError, resolve_api_key
 from wodrop.state import StateDB, StateError
-from wodrop.status.collect import collect_status, empty_status
+from wodrop.status.collect import collect_status, empty_status, platform_text
 from wodrop.units import format_duration, format_size
 
 #: the human output lists this many waiting folders (oldest first), then "… and K more"
@@ -68,17 +69,43 @@ def _sent(b: dict[str, Any]) -> str:
     return f"{format_size(b['bytes_sent'])} / {format_size(b['bytes_total'])} ({b['percent']:.0f}%)"
 
 
+def _destination(dest: dict[str, Any] | None) -> list[str]:
+    """One line: where batches go (said loudly when it is not the platform)."""
+    if dest is None:
+        return []
+    if dest["kind"] == "platform":
+        return [f"Sends to: the platform at {_clean(dest['api_url'])}"]
+    return [f"TEST MODE: nothing is sent to the platform (api.url is not set); batches go to the local "
+            f"receiver, archives in {_clean(dest['store'])}"]
+
+
+def _platform_errors(reported: list[dict[str, Any]]) -> list[str]:
+    """Work orders the platform reported errors for after their upload (their done/<WO>.platform.json)."""
+    if not reported:
+        return []
+    lines = ["Platform errors (after upload):"]
+    for r in reported:
+        lines.append(f"  {_clean(r['work_order'])}  batch {_clean(r['batch'] or '-')}  reported "
+                     f"{_ago(r['reported_at'])}  ({_clean(r['report'] or 'no report written')})")
+        for e in r["errors"]:
+            where = f" [{_clean(e['file'])}]" if e["file"] else ""
+            lines.append(f"    - {_clean(e['code'])}{where}: {_clean(e['message'])}")
+    return [*lines, ""]
+
+
 def render_text(status: dict[str, Any]) -> str:
-    lines = [f"Health: {_clean(status['health']['reason'])}", ""]
+    lines = [f"Health: {_clean(status['health']['reason'])}", *_destination(status["destination"]), ""]
     lines += _waiting(status["inbox"])
     if status["batches"]:
         lines.append("Batches (active first, then recent):")
         rows = [
             [_clean(b["state"]), _clean(b["name"]), _sent(b), str(b["work_orders"]),
-             _ago(b["finished_at"] or b["updated_at"]), _clean(b["last_error"] or "-")]
+             _ago(b["finished_at"] or b["updated_at"]), _clean(platform_text(b)),
+             _clean(b["last_error"] or "-")]
             for b in status["batches"]
         ]
-        lines += ["  " + r for r in _table(["STATE", "BATCH", "SENT", "WO", "UPDATED", "LAST ERROR"], rows)]
+        header = ["STATE", "BATCH", "SENT", "WO", "UPDATED", "PLATFORM", "LAST ERROR"]
+        lines += ["  " + r for r in _table(header, rows)]
     else:
         lines.append("Batches: none yet")
     lines.append("")
@@ -93,6 +120,7 @@ def render_text(status: dict[str, Any]) -> str:
     else:
         lines.append("Recent failures: none")
     lines.append("")
+    lines += _platform_errors(status.get("platform_errors") or [])
     for title, key in (("Batches", "batches"), ("Work orders", "work_orders")):
         counts = status["counts"][key]
         text = ", ".join(f"{_clean(s)} {n}" for s, n in sorted(counts.items())) or "none"
@@ -103,6 +131,7 @@ def render_text(status: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_cli_config(args)
+    setup_logging("warning")  # a warning (a loose key file) goes to stderr, never into the --json output
     try:  # known secrets get masked wherever they might have slipped into a stored message
         resolve_api_key(cfg)
     except SecretError:
@@ -110,11 +139,13 @@ def run(args: argparse.Namespace) -> int:
     path = cfg.paths.db
     if not path.exists():
         reason = f"no state yet: the daemon has not run with this config (state: {path})"
-        print(json.dumps(empty_status(reason), indent=2) if args.json else reason)
+        empty = empty_status(reason, cfg)
+        text = "\n".join([reason, *_destination(empty["destination"])])
+        print(json.dumps(empty, indent=2) if args.json else text)
         return EXIT_OK
     try:
         with StateDB(path, readonly=True) as db:
-            status = collect_status(db)
+            status = collect_status(db, cfg=cfg)
     except (StateError, sqlite3.Error) as e:
         print(f"wodrop status: {e}", file=sys.stderr)
         return EXIT_FAILED

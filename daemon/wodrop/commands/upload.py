@@ -267,6 +267,8 @@ def _prepare(args: argparse.Namespace, cfg: Config) -> tuple[Path, int, int, str
         if not args.upload_url.startswith(("https://", "http://")):
             raise UsageError("--upload-url: expected an http(s) URL")
         return archive, st.st_size, st.st_mtime_ns, None
+    if args.batch_id is not None and not args.batch_id.strip():
+        raise UsageError("--batch-id: empty (leave it out to create a new batch)")
     if cfg.api.url is None:
         raise UsageError("set api.url or pass --upload-url")
     try:

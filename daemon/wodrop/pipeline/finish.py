@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from wodrop import metrics
+from wodrop.claims import Claims
 from wodrop.config import Config
 from wodrop.failpoints import failpoint
 from wodrop.fsops import (
@@ -37,6 +38,7 @@ from wodrop.fsops import (
 )
 from wodrop.lifecycle import BatchState, Origin, WorkOrderState
 from wodrop.logs import get_logger
+from wodrop.notify import Notifier
 from wodrop.state import StateDB, WorkOrderRow
 
 log = get_logger("wodrop.finish")
@@ -51,8 +53,8 @@ def _pick_destination(row: WorkOrderRow, target_dir: Path, failed: bool) -> Path
 
 
 def _move(src: Path, dest: Path, report: dict[str, Any] | None) -> None:
-    if report is not None:
-        write_json_atomic(report_path(dest), report)
+    if report is not None:  # with the folder's inode: `wodrop retry` finds it after a rename in failed/
+        write_json_atomic(report_path(dest), {**report, "folder_inode": os.lstat(src).st_ino})
         failpoint("finish.reported")
     rename_noreplace(src, dest)
     fsync_dir(dest.parent)
@@ -69,31 +71,57 @@ def _check_reachable(folder: Path) -> None:
 class Finisher:
     """Every move out of ``processing/`` goes through here (validation failures and batch outcomes)."""
 
-    def __init__(self, cfg: Config, db: StateDB) -> None:
-        self.cfg, self.db = cfg, db
+    def __init__(self, cfg: Config, db: StateDB, notifier: Notifier) -> None:
+        self.cfg, self.db, self.notifier = cfg, db, notifier
+        self.claims = Claims(cfg.paths.done, db.instance_id(), cfg.paths.processing)
+
+    async def _release_claim(self, name: str) -> None:
+        """The id is finished here (in the ledger if delivered): other instances may take copies of it.
+        A claim that cannot be removed now is released at the next start."""
+        try:
+            await asyncio.to_thread(self.claims.release, name)
+        except OSError as e:
+            log.warning("claim_not_released", work_order=name, error=e.strerror,
+                        note="released at the next start; until then other instances refuse this id")
+
+    async def release_stale_claims(self) -> None:
+        """Start-up: drop this instance's claims on ids it no longer has in flight (a crash between
+        finishing a work order and releasing its claim)."""
+        in_flight = {row.name for row in self.db.work_orders(
+            states=[WorkOrderState.CLAIMED, WorkOrderState.BATCHED])}
+        try:
+            await asyncio.to_thread(self.claims.release_stale, in_flight)
+        except OSError as e:
+            log.warning("claims_not_checked", error=e.strerror)
 
     async def _finish(self, row: WorkOrderRow, *, failed: bool, stage: str | None = None,
-                      errors: list[dict[str, Any]] | None = None) -> Path:
+                      errors: list[dict[str, Any]] | None = None,
+                      report: dict[str, Any] | None = None) -> Path:
+        """Move one work order (with ``report`` next to it, for failed/)."""
         target_dir = self.cfg.paths.failed if failed else self.cfg.paths.done
         src = Path(row.path)
         dest = await asyncio.to_thread(_pick_destination, row, target_dir, failed)
         self.db.plan_move(row.id, dest)
         failpoint("finish.planned")
-        report = failure_report(row.name, stage or "validation", errors or []) if failed else None
         try:
             await asyncio.to_thread(_move, src, dest, report)
         except FileExistsError:
             # Someone created that name between our check and the rename: plan another one.
-            return await self._finish(self.db.work_order(row.id), failed=failed, stage=stage, errors=errors)
+            return await self._finish(self.db.work_order(row.id), failed=failed, stage=stage, errors=errors,
+                                      report=report)
         self.db.finish_work_order(row.id, WorkOrderState.FAILED if failed else WorkOrderState.DONE, dest,
                                   stage=stage, errors=errors)
+        await self._release_claim(row.name)
         return dest
 
     async def fail_work_order(self, row: WorkOrderRow, stage: str, errors: list[dict[str, Any]]) -> Path:
-        dest = await self._finish(row, failed=True, stage=stage, errors=errors)
+        report = failure_report(row.name, stage, errors)
+        dest = await self._finish(row, failed=True, stage=stage, errors=errors, report=report)
         metrics.WORK_ORDERS.labels(outcome="invalid" if stage == "validation" else "rejected").inc()
         log.warning("work_order_failed", work_order=row.name, stage=stage, dest=str(dest),
                     codes=sorted({e["code"] for e in errors}), errors=[e["message"] for e in errors][:5])
+        self.notifier.emit("work_order_failed", work_order=row.name, stage=stage, path=str(dest),
+                           report=report)
         return dest
 
     async def finish_batch(self, batch_id: int, *, ok: bool, reason: str | None = None) -> None:
@@ -132,6 +160,7 @@ class Finisher:
                           note="not in processing/ any more; its batch was handled anyway")
             self.db.finish_work_order(row.id, WorkOrderState.DONE if ok else WorkOrderState.FAILED, where,
                                       stage=None if ok else "upload", errors=errors)
+            await self._release_claim(row.name)
             return
         if ok:
             dest = await self._finish(row, failed=False)

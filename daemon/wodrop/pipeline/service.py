@@ -4,7 +4,7 @@ Stages are joined by bounded queues, so a slow stage holds the ones before it ba
 wait in the inbox. SIGTERM/SIGINT cancel the tasks: every state that matters is already in the DB or
 on disk (offsets after each chunk, the open archive is rebuilt at the next start), so stopping is quick
 and a half-written archive is never uploaded. SIGHUP reloads the config (the settings that can change
-live: watch, format, batch limits, log level, upload.max_bandwidth).
+live: watch, format, batch limits, log level, upload.max_bandwidth, followup).
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
-from wodrop import metrics
+from wodrop import metrics, notify
 from wodrop.config import Config, ConfigError, load_config
 from wodrop.fsops import NotSameFilesystem, check_same_filesystem
 from wodrop.ledger import Ledger
 from wodrop.logs import get_logger, setup_logging
 from wodrop.pipeline.batcher import Batcher, SpoolSlots
 from wodrop.pipeline.finish import Finisher
+from wodrop.pipeline.followup import Followup
 from wodrop.pipeline.intake import Intake
 from wodrop.pipeline.recovery import recover
 from wodrop.pipeline.uploads import Uploads
@@ -174,9 +175,7 @@ class Daemon:
             return
         from wodrop.receiver import start_receiver
 
-        # ./wodrop-data/received for a newcomer with no config; inside the state folder otherwise
-        # (the one place a configured install, e.g. a read-only container, is sure to write).
-        store = cfg.paths.state.parent / "received" if cfg.source is None else cfg.paths.state / "received"
+        store = cfg.local_receiver_store
         receiver = await start_receiver(store)
         log.warning("embedded_receiver", url=receiver.url, store=str(store),
                     note="api.url is not set: batches go to a local test receiver, NOT to the platform")
@@ -186,15 +185,16 @@ class Daemon:
             await receiver.stop()
 
     async def _run(self, cfg: Config, db: StateDB, ledger: Ledger, api_url: str, api_key: str) -> None:
-        rt = Runtime(cfg=cfg, db=db)
+        rt = Runtime(cfg=cfg, db=db, notifier=notify.from_config(cfg.notify))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload, rt)
 
-        finisher = Finisher(cfg, db)
+        finisher = Finisher(cfg, db, rt.notifier)
         slots = SpoolSlots(cfg.batch.max_sealed)
         to_validate, to_upload = await recover(db, finisher, ledger, cfg, slots)
+        await finisher.release_stale_claims()
         validate_q: asyncio.Queue[int] = asyncio.Queue(QUEUE_SIZE)
         batch_q: asyncio.Queue[tuple[int, WorkOrderReport]] = asyncio.Queue(QUEUE_SIZE)
         upload_q: asyncio.Queue[int] = asyncio.Queue()
@@ -227,6 +227,9 @@ class Daemon:
                         self._task(tg, "watchdog", watchdog_loop(self.notifier, rt)),
                         self._task(tg, "check-key", uploads.check_key()),
                         self._task(tg, "bandwidth", uploads.throttle.run()),
+                        self._task(tg, "followup", Followup(rt, http, api_url, api_key, uploads).run()),
+                        self._task(tg, "notify", notify.deliver(rt, http)),
+                        self._task(tg, "notify-stalls", notify.watch_stalls(rt)),
                     ]
                     tasks += [self._task(tg, f"upload-{i}", uploads.worker(upload_q))
                               for i in range(cfg.upload.concurrency)]
@@ -263,11 +266,13 @@ class Daemon:
             log.error("reload_failed", error=str(e), note="keeping the current configuration")
             self.notifier.ready("reload failed; running with the previous configuration")
             return
-        if new.paths != rt.cfg.paths or new.api != rt.cfg.api or new.status != rt.cfg.status:
-            log.warning("reload_needs_restart", note="paths, api and status settings apply after a restart")
+        if (new.paths != rt.cfg.paths or new.api != rt.cfg.api or new.status != rt.cfg.status
+                or new.notify != rt.cfg.notify):
+            log.warning("reload_needs_restart",
+                        note="paths, api, status and notify settings apply after a restart")
         upload = rt.cfg.upload.model_copy(update={"max_bandwidth": new.upload.max_bandwidth})
         live = rt.cfg.model_copy(update={"watch": new.watch, "format": new.format, "batch": new.batch,
-                                         "log": new.log, "upload": upload})
+                                         "log": new.log, "upload": upload, "followup": new.followup})
         rt.cfg = live
         setup_logging(live.log.level, live.log.format)
         if rt.bandwidth is not None:  # the running uploads too

@@ -25,6 +25,7 @@ from wodrop.lifecycle import BatchState, WorkOrderState
 from wodrop.logs import get_logger
 from wodrop.pipeline.batcher import SpoolSlots, discard
 from wodrop.pipeline.finish import Finisher
+from wodrop.pipeline.followup import first_poll_at
 from wodrop.pipeline.guard import Isolation, next_item
 from wodrop.runtime import Runtime, UploadProgress
 from wodrop.state import BatchRow
@@ -76,17 +77,34 @@ class Uploads:
         return on_retry
 
     async def check_key(self) -> None:
-        """At start-up: tell readiness whether the platform accepts the key, before any batch is due."""
+        """At start-up: tell readiness whether the platform accepts the key, before any batch is due.
+        Only a 401/403 is a refusal; a platform without a batch list (404/405: the vendor's own client
+        never lists) or another answer leaves it to the first upload. Glitches (a 5xx, a proxy's page, a
+        redirect) are retried in the background, said once; nothing waits for the check."""
+        told = False
+
+        def not_yet(_cause: str, _delay: float, message: str) -> None:
+            nonlocal told
+            if not told:
+                told = True
+                log.info("api_key_check_not_yet", reason=message,
+                         note="tried again in the background; uploads do not wait for it")
+
         while True:
             try:
-                await check_key(self.http, self.api_url, self.api_key, retry=self._policy())
+                checked = await check_key(self.http, self.api_url, self.api_key, retry=self._policy(),
+                                          on_retry=not_yet)
             except AuthRefused as e:
-                await self._auth_refused(e)
+                await self.auth_refused(e)
                 continue
-            except UploadError as e:  # an API without a batch list: the first upload will tell
+            except UploadError as e:
                 log.info("api_key_check_skipped", reason=e.reason)
                 return
-            self._auth_accepted()
+            if checked:
+                self.auth_accepted()
+            else:
+                log.info("api_key_check_unavailable", reason="the platform API does not list batches "
+                         "(HTTP 404/405)", note="the first upload tells whether the key is accepted")
             return
 
     def _name(self, batch_id: int) -> str:
@@ -101,29 +119,33 @@ class Uploads:
             if batch_id is not None:
                 await self._guard.run(batch_id, self.upload_batch(batch_id))
 
-    async def _auth_refused(self, err: AuthRefused) -> None:
+    async def auth_ready(self) -> None:
+        """Wait while the key is refused (uploads and the follow-up pause together)."""
+        await self._auth_ok.wait()
+
+    async def auth_refused(self, err: AuthRefused) -> None:
         """Don't fail work orders for a bad key: report it loudly, pause every worker, retry slowly."""
         if self._auth_ok.is_set():
             log.error("api_key_refused", error=str(err), retry_in=AUTH_RETRY_SECONDS,
                       hint="check CUSTOMER_API_KEY / api.api_key_file; uploads are paused, nothing is lost")
         self._auth_ok.clear()
-        self.rt.auth_error = f"the platform refused the API key ({err})"
+        self.rt.auth_error = str(err)  # the whole reason, said once: "the platform refused the API key ..."
         metrics.API_KEY_OK.set(0)
         metrics.RETRIES.labels(cause="auth").inc()
         await asyncio.sleep(AUTH_RETRY_SECONDS)
         self._auth_ok.set()  # let one attempt through; it clears again if still refused
 
-    def _auth_accepted(self) -> None:
+    def auth_accepted(self) -> None:
         if self.rt.auth_error is not None:
             log.info("api_key_accepted")
         self.rt.auth_error, self.rt.api_key_accepted = None, True
         metrics.API_KEY_OK.set(1)
 
     async def _open_session(self, row: BatchRow) -> tuple[str | None, str]:
-        await self._auth_ok.wait()
+        await self.auth_ready()
         remote_id, url = await create_batch(self.http, self.api_url, self.api_key, row.name,
                                             retry=self._policy(), on_retry=self._on_retry(row))
-        self._auth_accepted()
+        self.auth_accepted()
         log.info("upload_session_created", batch=row.name, remote_batch_id=remote_id)
         return remote_id, url
 
@@ -142,7 +164,7 @@ class Uploads:
             log.warning("upload_session_expired", batch=row.name, error=str(e),
                         action="creating a new session, starting from byte 0")
             confirmed[0] = 0
-            progress.update(0)
+            progress.restart()
 
         def on_offset(offset: int) -> None:
             metrics.BYTES_UPLOADED.inc(max(0, offset - confirmed[0]))
@@ -191,14 +213,19 @@ class Uploads:
                         expected=Expected(row.size, row.md5, row.crc32c),
                     )
                 except AuthRefused as e:
-                    await self._auth_refused(e)
+                    await self.auth_refused(e)
                     continue
                 except (ArchiveChanged, FileNotFoundError) as e:
                     await self._archive_lost(row, str(e))
                     break
                 except UploadRejected as e:
-                    log.error("batch_rejected", batch=row.name, reason=e.reason)
+                    remote = self.db.batch(batch_id).remote_batch_id  # the session may be newer than row
+                    log.error("batch_rejected", batch=row.name, reason=e.reason, remote_batch_id=remote)
                     self.db.record_error(batch_id, e.reason)
+                    self.rt.notifier.emit("batch_rejected", batch=row.name, reason=e.reason,
+                                          remote_batch_id=remote, work_orders=[
+                                              wo.name for wo in self.db.work_orders(
+                                                  batch_id=batch_id, states=[WorkOrderState.BATCHED])])
                     await self.finisher.finish_batch(batch_id, ok=False, reason=e.reason)
                     break
                 except (UploadGaveUp, UploadError) as e:  # not raised with max_retries=None; be safe
@@ -209,12 +236,13 @@ class Uploads:
                 row = self.db.batch(batch_id)
                 assert row.size is not None
                 await self._record_delivery(row)
-                self.db.mark_uploaded(batch_id, row.size)
+                self.db.mark_uploaded(batch_id, row.size, follow_at=first_poll_at(self.rt.cfg, row))
                 failpoint("upload.marked")
                 elapsed = time.monotonic() - started
                 metrics.UPLOAD_DURATION.observe(elapsed)
                 metrics.LAST_UPLOAD.set(time.time())
-                log.info("batch_uploaded", batch=row.name, size=row.size, size_human=format_size(row.size),
+                log.info("batch_uploaded", batch=row.name, remote_batch_id=row.remote_batch_id,
+                         size=row.size, size_human=format_size(row.size),
                          duration=format_duration(elapsed),
                          rate=f"{format_size(row.size / elapsed if elapsed > 0 else 0)}/s")
                 await self.finisher.finish_batch(batch_id, ok=True)

@@ -1,5 +1,11 @@
-"""The platform's batch API: ``/v0.2/batches/`` (create, list) and ``/v0.2/batches/{id}/`` (get,
-delete), with Django-REST-framework-style token auth and error bodies (``{"detail": ...}``)."""
+"""The platform's batch API: ``/v0.2/batches`` (create, list) and ``/v0.2/batches/{id}`` (get, delete),
+each also with a trailing slash, with Django-REST-framework-style token auth and error bodies
+(``{"detail": ...}``). After an upload, a batch's ``status`` and ``errors`` follow the emulated
+processing (:mod:`wodrop.receiver.processing`).
+
+``strict``: only what the vendor's own client calls (``POST /v0.2/batches`` with ``Content-Type:
+application/json``, ``GET``/``DELETE /v0.2/batches/{id}``, no trailing slash, no list), so clients can be
+tested against a server routed like the platform."""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from aiohttp import web
 
 from wodrop.receiver.context import batch_json, json_error, receiver
 from wodrop.receiver.faults import API_FAULTS
+from wodrop.receiver.processing import progress
+from wodrop.receiver.store import Session
 
 _AUTH_HEADERS = {"WWW-Authenticate": "Token"}
 
@@ -42,6 +50,15 @@ def _guard(request: web.Request) -> web.Response | None:
     return auth_error(request) or _api_fault(request)
 
 
+async def _view(request: web.Request, s: Session, *, errors: bool = True) -> dict[str, Any]:
+    """The batch as the API shows it: once uploaded, the emulated processing's status (and errors)."""
+    out = batch_json(request, s)
+    if s.status == "uploaded":
+        r = receiver(request)
+        out.update(await progress(r.sessions.store, s, r.processing_time, errors=errors))
+    return out
+
+
 async def create_batch(request: web.Request) -> web.Response:
     if (refused := _guard(request)) is not None:
         return refused
@@ -61,7 +78,7 @@ async def create_batch(request: web.Request) -> web.Response:
 async def list_batches(request: web.Request) -> web.Response:
     if (refused := _guard(request)) is not None:
         return refused
-    results = [batch_json(request, s) for s in await receiver(request).sessions.all()]
+    results = [await _view(request, s, errors=False) for s in await receiver(request).sessions.all()]
     return web.json_response({"count": len(results), "next": None, "previous": None, "results": results})
 
 
@@ -71,7 +88,7 @@ async def get_batch(request: web.Request) -> web.Response:
     s = await receiver(request).sessions.get(request.match_info["batch_id"])
     if s is None:
         return json_error(404, "Not found.")
-    return web.json_response(batch_json(request, s))
+    return web.json_response(await _view(request, s))
 
 
 async def delete_batch(request: web.Request) -> web.Response:
@@ -88,10 +105,23 @@ async def delete_batch(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def add_routes(app: web.Application) -> None:
-    for root in ("/v0.2/batches/", "/v0.2/batches"):
+async def create_batch_strict(request: web.Request) -> web.Response:
+    """As the platform (Django REST framework's JSON parser): a body that is not declared JSON is 415."""
+    ctype = request.headers.get("Content-Type", "")
+    if ctype.split(";")[0].strip().lower() != "application/json":
+        return json_error(415, f'Unsupported media type "{ctype}" in request.')
+    return await create_batch(request)
+
+
+def add_routes(app: web.Application, *, strict: bool = False) -> None:
+    if strict:
+        app.router.add_post("/v0.2/batches", create_batch_strict)
+        app.router.add_get("/v0.2/batches/{batch_id}", get_batch)
+        app.router.add_delete("/v0.2/batches/{batch_id}", delete_batch)
+        return
+    for root in ("/v0.2/batches", "/v0.2/batches/"):
         app.router.add_post(root, create_batch)
         app.router.add_get(root, list_batches)
-    for item in ("/v0.2/batches/{batch_id}/", "/v0.2/batches/{batch_id}"):
+    for item in ("/v0.2/batches/{batch_id}", "/v0.2/batches/{batch_id}/"):
         app.router.add_get(item, get_batch)
         app.router.add_delete(item, delete_batch)

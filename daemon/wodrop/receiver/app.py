@@ -3,7 +3,7 @@ zero-config mode, tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +34,21 @@ async def _stats(request: web.Request) -> web.Response:
 
 
 def build_app(
-    store: Path, *, api_key: str | None = None, faults: FaultPlan | str | None = None, seed: int | None = None
+    store: Path, *, api_key: str | None = None, faults: FaultPlan | str | None = None,
+    seed: int | None = None, strict_paths: bool = False, processing_time: float = 0.0,
+    require_metadata_keys: Sequence[str] = (),
 ) -> web.Application:
     """The receiver storing to ``store``. ``faults`` is a :class:`FaultPlan` or a ``--faults`` SPEC
-    (then ``seed`` seeds its RNG); a bad SPEC raises :class:`~wodrop.receiver.faults.FaultSpecError`."""
+    (then ``seed`` seeds its RNG); a bad SPEC raises :class:`~wodrop.receiver.faults.FaultSpecError`.
+    ``strict_paths``: only the vendor client's API paths and headers (see :func:`api.add_routes`);
+    ``processing_time`` and ``require_metadata_keys`` shape the emulated processing after an upload."""
     plan = faults if isinstance(faults, FaultPlan) else FaultPlan.parse(faults, seed)
     stats = ReceiverStats()
     app = web.Application(client_max_size=CLIENT_MAX_SIZE, middlewares=[_count_requests])
     app[STATS_KEY] = stats
-    app[RECEIVER_KEY] = Receiver(Sessions(Store(store)), stats, plan, api_key)
-    api.add_routes(app)
+    app[RECEIVER_KEY] = Receiver(Sessions(Store(store), require_metadata_keys), stats, plan, api_key,
+                                 processing_time)
+    api.add_routes(app, strict=strict_paths)
     upload.add_routes(app)
     app.router.add_get("/_receiver/stats", _stats)
     return app

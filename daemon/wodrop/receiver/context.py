@@ -19,6 +19,8 @@ class Receiver:
     stats: ReceiverStats
     faults: FaultPlan
     api_key: str | None
+    #: seconds an uploaded batch reads pending, then processing, before its verdict (``--processing-time``)
+    processing_time: float = 0.0
 
 
 RECEIVER_KEY = web.AppKey("receiver", Receiver)

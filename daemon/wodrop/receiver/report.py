@@ -11,7 +11,7 @@ import importlib
 import json
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,9 +53,20 @@ def _issue(code: str, file: str | None, message: str) -> dict[str, Any]:
     return {"code": code, "file": file, "message": message}
 
 
-def _check_work_order(zf: zipfile.ZipFile, wo: str, entries: list[zipfile.ZipInfo]) -> dict[str, Any]:
+def _metadata_keys(metadata: object, required: Sequence[str]) -> list[dict[str, Any]]:
+    """An error per key of ``--require-metadata-key`` that the work order's metadata.json lacks."""
+    if not isinstance(metadata, dict):
+        return [_issue("missing_metadata_key", "metadata.json",
+                       f"there is no metadata.json object, and it must hold the key '{k}'") for k in required]
+    return [_issue("missing_metadata_key", "metadata.json", f"metadata.json has no key '{k}'")
+            for k in required if k not in metadata]
+
+
+def _check_work_order(zf: zipfile.ZipFile, wo: str, entries: list[zipfile.ZipInfo],
+                      required_keys: Sequence[str] = ()) -> dict[str, Any]:
     parse = _image_parser()
     errors: list[dict[str, Any]] = []
+    metadata: object = None
     if not WORK_ORDER_ID.fullmatch(wo):
         errors.append(_issue("bad_work_order_id", None, f"'{wo}' is not a valid work-order id"))
     seen: dict[tuple[str, int | None], str] = {}
@@ -75,11 +86,13 @@ def _check_work_order(zf: zipfile.ZipFile, wo: str, entries: list[zipfile.ZipInf
             continue
         if rel in JSON_FILES:
             try:
-                ok = isinstance(json.loads(zf.read(info).decode("utf-8")), dict)
+                data = json.loads(zf.read(info).decode("utf-8"))
             except (UnicodeDecodeError, ValueError):
-                ok = False
-            if not ok:
+                data = None
+            if not isinstance(data, dict):
                 errors.append(_issue("invalid_json", rel, "not a UTF-8 JSON object"))
+            elif rel == "metadata.json":
+                metadata = data
             continue
         key = parse(rel)
         if key is None:
@@ -98,11 +111,15 @@ def _check_work_order(zf: zipfile.ZipFile, wo: str, entries: list[zipfile.ZipInf
                 errors.append(_issue("image_content_mismatch", rel, f"content is not {ext.upper()}"))
     if not images:
         errors.append(_issue("no_images", None, "the work order has no images"))
+    if required_keys:
+        errors += _metadata_keys(metadata, required_keys)
     return {"id": wo, "valid": not errors, "errors": errors}
 
 
-def check_archive(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(batch-level errors, per-work-order results) for the archive at ``path``."""
+def check_archive(path: Path, required_keys: Sequence[str] = ()) -> tuple[list[dict[str, Any]],
+                                                                           list[dict[str, Any]]]:
+    """(batch-level errors, per-work-order results) for the archive at ``path``; ``required_keys``: what
+    each work order's metadata.json must hold (``--require-metadata-key``)."""
     try:
         with zipfile.ZipFile(path) as zf:
             groups: dict[str, list[zipfile.ZipInfo]] = {}
@@ -114,7 +131,7 @@ def check_archive(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
                     batch_errors.append(_issue("unexpected_file", top, message))
                     continue
                 groups.setdefault(top, []).append(info)
-            results = [_check_work_order(zf, wo, entries) for wo, entries in groups.items()]
+            results = [_check_work_order(zf, wo, entries, required_keys) for wo, entries in groups.items()]
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         return [_issue("not_a_zip", None, f"the archive cannot be read as a zip file: {e}")], []
     if not results and not batch_errors:
@@ -122,9 +139,10 @@ def check_archive(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return batch_errors, results
 
 
-def build_report(path: Path, session: Session, digest: Hashes, size: int) -> dict[str, Any]:
+def build_report(path: Path, session: Session, digest: Hashes, size: int,
+                 required_keys: Sequence[str] = ()) -> dict[str, Any]:
     """The ``{batch_id}.json`` contents for a completed upload stored at ``path``."""
-    errors, work_orders = check_archive(path)
+    errors, work_orders = check_archive(path, required_keys)
     return {
         "batch_id": session.batch_id,
         "filename": session.filename,

@@ -7,11 +7,14 @@ import asyncio
 import os
 import re
 import secrets
+import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from wodrop.digest import Hashes
+from wodrop.receiver.processing import verdict
 from wodrop.receiver.report import build_report
 from wodrop.receiver.store import Session, Store
 
@@ -24,8 +27,10 @@ def _now() -> str:
 
 
 class Sessions:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, require_metadata_keys: Sequence[str] = ()) -> None:
         self.store = store
+        #: keys every work order's metadata.json must hold (``--require-metadata-key``), else an error
+        self.require_metadata_keys = tuple(require_metadata_keys)
         self._cache: dict[str, Session] = {}
 
     async def create(self, filename: str, total: int | None = None) -> Session:
@@ -87,9 +92,11 @@ class Sessions:
                 os.replace(part, archive)
             elif not archive.exists():
                 archive.touch()  # a zero-byte upload never created a .part
-            report = build_report(archive, s, digest, s.committed)
+            report = build_report(archive, s, digest, s.committed, self.require_metadata_keys)
             self.store.write_json(self.store.report(s.batch_id), report)
             s.status, s.object_meta = "uploaded", meta
+            s.uploaded_at = s.uploaded_at or time.time()
+            s.verdict = verdict(report)[0]
             self.store.save(s)
 
         await asyncio.to_thread(finish)

@@ -2,7 +2,8 @@
 
 Layout under the store directory, per batch ``B``:
 
-- ``B.session.json``: the session (filename, upload token, declared total, status), written atomically;
+- ``B.session.json``: the session (filename, upload token, declared total, status, when the upload
+  completed), written atomically;
 - ``B.zip.part``: the bytes received so far. Its length *is* the committed offset (nothing else is
   trusted after a restart), always a multiple of 262144 until the upload is complete;
 - ``B.zip`` and ``B.json`` (see :mod:`wodrop.receiver.report`) once complete.
@@ -36,11 +37,14 @@ class Session:
     status: str = "created"  # created -> uploading -> uploaded; or expired / cancelled
     total: int | None = None
     object_meta: dict[str, Any] | None = None  # the GCS-style answer once uploaded
+    uploaded_at: float | None = None  # unix time the upload completed: the emulated processing starts
+    verdict: str | None = None  # "done"/"failed": what the emulated processing ends with (its errors file)
     committed: int = field(default=0, compare=False)
     digest: Hashes | None = field(default=None, compare=False, repr=False)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, compare=False, repr=False)
 
-    _PERSISTED = ("batch_id", "filename", "token", "created_at", "status", "total", "object_meta")
+    _PERSISTED = ("batch_id", "filename", "token", "created_at", "status", "total", "object_meta",
+                  "uploaded_at", "verdict")
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self._PERSISTED}
@@ -77,6 +81,14 @@ class Store:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+
+    def read_report(self, bid: str) -> dict[str, Any] | None:
+        """The batch's errors file, or None when it is missing or unreadable."""
+        try:
+            data = json.loads(self.report(bid).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def save(self, s: Session) -> None:
         self.write_json(self.sidecar(s.batch_id), s.to_json())

@@ -15,7 +15,9 @@ from typing import Any
 from wodrop import __version__
 from wodrop.lifecycle import ACTIVE_BATCH_STATES, BatchState
 from wodrop.redact import redact
-from wodrop.units import format_duration, format_size
+from wodrop.status.chart import Hour, render_svg, render_table, summary
+from wodrop.status.collect import platform_text
+from wodrop.units import format_duration, format_size, noun, plural
 
 REFRESH_SECONDS = 5
 
@@ -46,6 +48,7 @@ margin-bottom:10px}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;background:#eaeef2}
 .badge.done{background:#dafbe1;color:var(--ok)}.badge.failed{background:#ffebe9;color:var(--error)}
 .badge.uploading{background:#ddf4ff;color:#0969da}
+td.platform.done{color:var(--ok)}td.platform.failed,td.platform.lost,td.platform.timeout{color:var(--error)}
 table{border-collapse:collapse;width:100%;background:var(--card);border:1px solid var(--line);
 border-radius:8px}
 th,td{text-align:left;padding:7px 10px;border-bottom:1px solid var(--line);vertical-align:top}
@@ -56,6 +59,16 @@ td.when{white-space:nowrap}
 .reasons{margin:0;padding-left:16px}
 .empty{color:var(--mute);font-style:italic}
 .counts{display:flex;gap:16px;align-items:flex-start}.counts table{width:auto;min-width:260px}
+.notice{background:#fff8c5;color:#3b2300;border-bottom:1px solid #d4a72c;border-left:6px solid #d4a72c;
+padding:12px 28px;font-size:14px;line-height:1.5}
+.notice strong{display:block;font-size:16px;margin-bottom:2px}
+.notice code{background:rgba(0,0,0,.06);padding:0 4px;border-radius:4px;
+font-family:ui-monospace,monospace;font-size:13px}
+.chart{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:14px 16px;margin:0}
+.chart svg{display:block;width:100%;height:auto}
+.chart figcaption{color:var(--mute);font-size:13px;margin-top:6px}
+.chart details{margin-top:8px}.chart summary{cursor:pointer;color:var(--mute);font-size:13px}
+.chart details table{margin-top:8px}.chart td+td,.chart th+th{text-align:right}
 footer{padding:14px 28px;color:var(--mute);font-size:12px}
 footer a{color:inherit}
 """
@@ -100,11 +113,11 @@ def _active(batches: list[dict[str, Any]]) -> str:
         return '<p class="empty">No batch is being packed or uploaded.</p>'
     out = []
     for b in batches:
-        info = [f"{b['work_orders']} work order{'s' if b['work_orders'] != 1 else ''}"]
+        info = [plural(b["work_orders"], "work order")]
         if b["seal_reason"]:
             info.append(f"sealed by {b['seal_reason']}")
         if b["attempts"]:
-            info.append(f"{b['attempts']} failed attempt{'s' if b['attempts'] != 1 else ''}")
+            info.append(plural(b["attempts"], "failed attempt"))
         pct = f'<span class="pct">{b["percent"]:.0f}%</span>' if b["percent"] is not None else ""
         err = f'<div class="sub err">Last error: {_e(b["last_error"])}</div>' if b["last_error"] else ""
         out.append(
@@ -169,11 +182,35 @@ def _finished(batches: list[dict[str, Any]], now: datetime) -> str:
         f'<td><span class="badge {_e(b["state"])}">{_e(b["state"])}</span></td>'
         f'<td>{_e(format_size(b["bytes_total"]) if b["bytes_total"] else "")}</td>'
         f'<td>{_e(b["work_orders"])}</td><td class="when" title="{_e(b["finished_at"])}">'
-        f'{_e(_ago(b["finished_at"], now))}</td><td class="err">{_e(b["last_error"])}</td></tr>'
+        f'{_e(_ago(b["finished_at"], now))}</td>'
+        f'<td class="platform {_e(b["platform_outcome"] or "")}" title="{_e(b["platform_status_at"])}">'
+        f'{_e(platform_text(b))}</td><td class="err">{_e(b["last_error"])}</td></tr>'
         for b in batches
     ]
     return ("<table><tr><th>Batch</th><th>State</th><th>Size</th><th>Work orders</th><th>Finished</th>"
-            "<th>Error</th></tr>" + "".join(rows) + "</table>")
+            "<th>Platform</th><th>Error</th></tr>" + "".join(rows) + "</table>")
+
+
+def _platform_errors(reported: list[dict[str, Any]], now: datetime) -> str:
+    """Work orders the platform reported errors for after their upload; nothing when there are none."""
+    if not reported:
+        return ""
+    rows = []
+    for r in reported:
+        reasons = "".join(
+            f"<li><b>{_e(e['code'])}</b>{' (' + _e(e['file']) + ')' if e['file'] else ''}: "
+            f"{_e(e['message'])}</li>"
+            for e in r["errors"]
+        )
+        rows.append(
+            f'<tr><td class="mono">{_e(r["work_order"])}</td><td class="mono">{_e(r["batch"])}</td>'
+            f'<td><ul class="reasons">{reasons}</ul></td>'
+            f'<td class="when" title="{_e(r["reported_at"])}">{_e(_ago(r["reported_at"], now))}</td>'
+            f'<td class="mono" title="{_e(r["report"])}">{_e(_short(r["report"]))}</td></tr>'
+        )
+    return ('<h2>Platform errors</h2><table id="platform-errors"><tr><th>Work order</th><th>Batch</th>'
+            "<th>What the platform reported</th><th>Reported</th><th>Report</th></tr>" + "".join(rows)
+            + "</table>")
 
 
 def _counts(counts: dict[str, dict[str, int]]) -> str:
@@ -183,6 +220,33 @@ def _counts(counts: dict[str, dict[str, int]]) -> str:
         tables.append(f"<table><tr><th>{title} by state</th><th>count</th></tr>"
                       f"{body or '<tr><td class=empty>none yet</td><td></td></tr>'}</table>")
     return f'<div class="counts">{"".join(tables)}</div>'
+
+
+def _destination(dest: dict[str, Any] | None) -> str:
+    """The banner under the header when batches go to the embedded local receiver, not the platform."""
+    if not dest or dest["kind"] != "local_receiver":
+        return ""
+    where = (f"<code>{_e(dest['config_file'])}</code>" if dest["config_file"]
+             else "a config file (<code>wodrop run -c FILE</code>)")
+    return (
+        '<div class="notice" id="destination" role="note"><strong>Test mode: nothing is sent to the platform.'
+        "</strong><code>api.url</code> is not set, so batches go to the local receiver built into wodrop, "
+        f"which keeps the archives in <code>{_e(dest['store'])}</code>. To upload to the platform, set "
+        f"<code>api.url: https://api.&lt;site-id&gt;.customers.deepomatic.com</code> in {where} and give an "
+        "API key (<code>CUSTOMER_API_KEY</code> or <code>api.api_key_file</code>), then restart wodrop.</div>"
+    )
+
+
+def _activity(activity: list[dict[str, Any]]) -> str:
+    """The "last 24 hours" chart, with its numbers as text (a caption and a table) too."""
+    if not activity:
+        return ""
+    hours = [Hour(start=datetime.fromisoformat(a["start"]).astimezone(), uploaded_bytes=a["uploaded_bytes"],
+                  batches=a["batches_uploaded"], done=a["work_orders_done"], failed=a["work_orders_failed"])
+             for a in activity]
+    return (f'<h2>Last {len(hours)} hours</h2><figure class="chart" id="activity">{render_svg(hours)}'
+            f"<figcaption>{_e(summary(hours))}</figcaption><details><summary>The numbers, hour by hour"
+            f"</summary>{render_table(hours)}</details></figure>")
 
 
 def _rate(rate: float | None) -> str:
@@ -213,9 +277,10 @@ def _tiles(status: dict[str, Any]) -> str:
     if inbox is not None:
         age = format_duration(inbox["oldest_pending_age_s"]) if inbox["pending"] else "—"
         tiles += [(inbox["pending"], "waiting in the inbox", False), (age, "oldest waiting", False)]
+    delivered = wo.get("done", 0)
     tiles += [
-        (uploading, "batches uploading", False),
-        (wo.get("done", 0), "work orders delivered", False),
+        (uploading, f"{noun(uploading, 'batch')} uploading", False),
+        (delivered, f"{noun(delivered, 'work order')} delivered", False),
         (status["failed_today"], "failed today", status["failed_today"] > 0),
     ]
     html_tiles = [
@@ -239,6 +304,9 @@ def render_page(status: dict[str, Any]) -> str:
     finished = [b for b in status["batches"] if b not in active]
     d = status["daemon"]
     footer = [f"wodrop {__version__}"]
+    dest = status["destination"]
+    if dest and dest["kind"] == "platform":
+        footer.append(f"uploading to {dest['api_url']}")
     if d:
         footer += [f"running since {d['started_at']}", f"watcher: {d['watcher']}"]
     return f"""<!doctype html>
@@ -251,11 +319,14 @@ def render_page(status: dict[str, Any]) -> str:
 <div class="reason" id="health">{_e(health["reason"])}</div>
 <div class="meta">updated {_e(now.strftime("%H:%M:%S UTC"))}<br>
 refreshes every {REFRESH_SECONDS} s</div></header>
+{_destination(dest)}
 <main>
 {_tiles(status)}
 <h2>Current batches</h2>{_active(active)}
+{_activity(status["activity"])}
 {_waiting(status["inbox"], now)}
 <h2>Recent failures</h2>{_failures(status["failures"], now)}
+{_platform_errors(status["platform_errors"], now)}
 <h2>Recent batches</h2>{_finished(finished, now)}
 <h2>Counters</h2>{_counts(status["counts"])}
 </main>

@@ -19,6 +19,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from wodrop import metrics
+from wodrop.commands.healthcheck import HEALTH_HEADER
+from wodrop.config import parse_listen
 from wodrop.lifecycle import BatchState
 from wodrop.redact import redact
 from wodrop.runtime import Runtime
@@ -86,10 +88,11 @@ def _text(body: str, status: int = 200) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """``ok`` or ``stuck``, in the body and in the header that tells ``wodrop healthcheck`` it is wodrop."""
     age = time.monotonic() - request.app[RUNTIME].last_loop_tick
-    if age > LOOP_STALE_AFTER:
-        return _text(f"stuck: the pipeline has not ticked for {age:.0f} s\n", 503)
-    return _text("ok\n")
+    health, status, body = ("stuck", 503, f"stuck: the pipeline has not ticked for {age:.0f} s\n") \
+        if age > LOOP_STALE_AFTER else ("ok", 200, "ok\n")
+    return web.Response(text=body, status=status, headers={**_HEADERS, HEALTH_HEADER: health})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -98,8 +101,8 @@ async def readyz(request: web.Request) -> web.Response:
     problems = await request.app[_PROBE].run({k: getattr(paths, k) for k in FOLDERS})
     if not rt.db.ok():
         problems.append(f"state DB {paths.db} does not answer")
-    if rt.auth_error is not None:
-        problems.append(f"API key refused by the platform: {rt.auth_error}")
+    if rt.auth_error is not None:  # the whole reason already ("the platform refused the API key ...")
+        problems.append(f"uploads paused: {rt.auth_error}")
     if rt.intake_paused:
         problems.append(f"intake paused: {rt.intake_paused}")
     problems += [f"{item} is stuck: {reason}" for item, reason in sorted(rt.stuck.items())]
@@ -107,8 +110,8 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append("shutting down")
     elif not rt.ready:
         problems.append("starting: recovery or the first inbox scan has not finished")
-    if problems:
-        return _text(redact("not ready:\n" + "".join(f"- {p}\n" for p in problems)), 503)
+    if problems:  # each reason once, even when two checks see the same thing
+        return _text(redact("not ready:\n" + "".join(f"- {p}\n" for p in dict.fromkeys(problems))), 503)
     return _text("ready\n")
 
 
@@ -160,12 +163,6 @@ def build_status_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/api/status", api_status)
     return app
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``127.0.0.1:9410`` / ``[::1]:9410`` / ``:9410`` (all interfaces) -> (host, port)."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 async def start_status_server(runtime: Runtime, listen: str) -> web.AppRunner:

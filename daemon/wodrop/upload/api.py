@@ -1,29 +1,37 @@
-"""The platform's batch API: ``POST /v0.2/batches/`` opens an upload session, ``GET .../{id}/`` finds it.
+"""The platform's batch API: ``POST /v0.2/batches`` opens an upload session, ``GET .../{id}`` finds it
+(and, after the upload, tells how the platform's processing goes: :mod:`wodrop.upload.processing`).
 
+The paths are the vendor's own client's, without a trailing slash (a server routed like it answers 404
+to ``/v0.2/batches/``), with ``Authorization: Token <key>`` and ``Content-Type: application/json``.
 Request builders and response parsers are pure (tested without a server); the async calls wrap them in
 the same retry policy as uploads. The key goes to the API only, never to an upload URL, and every upload
 URL is registered as a secret the moment it is parsed.
 
 Only a real verdict ends a call with :class:`UploadRejected`: a 4xx carrying the platform's own JSON
-error (401/403 are :class:`AuthRefused`). A redirect, an HTML page from a proxy, a 2xx that is not a
-JSON object or lacks ``upload_url``/``batch_id`` are glitches (:class:`UnusableAnswer`, see
-``protocol.classify_api_answer``), retried with the policy's backoff: the daemon forever, ``wodrop
-upload`` until :class:`UploadGaveUp`.
+error (401/403 are :class:`AuthRefused`, naming where the key came from). A redirect, an HTML page from a
+proxy, a 2xx that is not a JSON object or lacks ``upload_url``/``batch_id``, an answer of more than
+:data:`MAX_ANSWER_BYTES` are glitches (:class:`UnusableAnswer`, see ``protocol.classify_api_answer``),
+retried with the policy's backoff: the daemon forever, ``wodrop upload`` until :class:`UploadGaveUp`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
-from wodrop.redact import register_secret
+from wodrop.redact import register_public, register_secret
+from wodrop.secrets import key_source
+from wodrop.units import format_size
 from wodrop.upload.protocol import (
+    RETRYING,
     AuthRefused,
+    JSONTooDeep,
+    Retry,
     RetryPolicy,
     RetryState,
     UnusableAnswer,
@@ -31,6 +39,8 @@ from wodrop.upload.protocol import (
     classify_api_answer,
     describe_body,
     detail_text,
+    json_object,
+    load_json,
 )
 from wodrop.upload.transport import OnRetry, classify_exception, pause
 
@@ -38,18 +48,32 @@ T = TypeVar("T")
 #: reads a final answer ``(status, headers, body)``; raises UnusableAnswer for a glitch to retry
 Accept = Callable[[int, Mapping[str, str], bytes], T]
 _WHAT = "the platform API"
+#: the most an API answer may hold (a batch's answer with thousands of errors is well below): a larger
+#: one is not read further (a glitch, retried), so a hostile or broken server cannot fill the memory
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
 
 def batches_url(api_url: str) -> str:
-    return f"{api_url.rstrip('/')}/v0.2/batches/"
+    return f"{api_url.rstrip('/')}/v0.2/batches"
 
 
-def batch_url(api_url: str, batch_id: str) -> str:
-    return f"{batches_url(api_url)}{quote(str(batch_id), safe='')}/"
+def batch_url(api_url: str, batch_id: str) -> URL:
+    """``{api_url}/v0.2/batches/{id}`` with the id as one path segment, whatever it holds (``/``, ``?``,
+    ``#``, ``.``, ``..``: never another path, query or the batch list). A URL already encoded, so that
+    nothing on the way decodes or normalises it."""
+    batch_id = str(batch_id)
+    if not batch_id:
+        raise ValueError("an empty batch id")
+    register_public(batch_id)  # the platform's batch id is no secret, even inside an upload URL
+    segment = quote(batch_id, safe="")
+    if not segment.strip("."):  # "." and ".." would be resolved away by a client, a proxy or the server
+        segment = segment.replace(".", "%2E")
+    base = URL(batches_url(api_url))
+    return base.with_path(f"{base.raw_path}/{segment}", encoded=True)
 
 
 def auth_headers(key: str) -> dict[str, str]:
-    return {"Authorization": f"Token {key}", "Accept": "application/json"}
+    return {"Authorization": f"Token {key}", "Content-Type": "application/json", "Accept": "application/json"}
 
 
 def _answered(status: int | None) -> str:
@@ -57,23 +81,23 @@ def _answered(status: int | None) -> str:
 
 
 def parse_json(status: int, body: bytes, content_type: str | None = None) -> Any:
-    """A final API answer -> its JSON, or the error it means (see :func:`parse_answer`)."""
-    if status in (401, 403):
-        raise AuthRefused(status)
+    """A final API answer (not 401/403: :func:`_call` raises :class:`AuthRefused` for those) -> its JSON,
+    or the error it means (see :func:`parse_answer`)."""
     if not 200 <= status <= 299:
         detail = detail_text(body)
         raise UploadRejected(f"{_WHAT} answered HTTP {status}{': ' + detail if detail else ''}")
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return load_json(body)
+    except JSONTooDeep:
+        raise UnusableAnswer(f"{_answered(status)} with JSON nested too deeply") from None
+    except ValueError:
         kind = describe_body(body, content_type)
         raise UnusableAnswer(f"{_answered(status)} with {kind} instead of JSON") from None
 
 
 def parse_answer(status: int, body: bytes, content_type: str | None = None) -> dict[str, Any]:
-    """A final API answer -> its JSON object. 401/403: :class:`AuthRefused`; another non-2xx (a verdict,
-    see ``classify_api_answer``): :class:`UploadRejected`; a 2xx that is no JSON object:
-    :class:`UnusableAnswer`."""
+    """A final API answer -> its JSON object. A non-2xx (a verdict, see ``classify_api_answer``):
+    :class:`UploadRejected`; a 2xx that is no JSON object: :class:`UnusableAnswer`."""
     data = parse_json(status, body, content_type)
     if not isinstance(data, dict):
         raise UnusableAnswer(f"{_answered(status)} with {describe_body(body, content_type)} instead of a "
@@ -97,6 +121,7 @@ def parse_created(data: Mapping[str, Any], *, status: int | None = None) -> tupl
     batch_id = data.get("batch_id", data.get("id"))
     if not isinstance(batch_id, str | int) or isinstance(batch_id, bool) or str(batch_id) == "":
         raise UnusableAnswer(f"{_answered(status)} without a batch_id")
+    register_public(str(batch_id))
     return str(batch_id), url
 
 
@@ -104,29 +129,56 @@ def _object(status: int, headers: Mapping[str, str], body: bytes) -> dict[str, A
     return parse_answer(status, body, headers.get("Content-Type"))
 
 
-async def _call(http: aiohttp.ClientSession, method: str, url: str, key: str, payload: Any,
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes | None:
+    """The answer's body, or None when it holds more than ``limit`` bytes: then no more is read (nor held)
+    and the connection is dropped rather than drained."""
+    if resp.content_length is not None and resp.content_length > limit:
+        resp.close()
+        return None
+    body = bytearray()
+    async for piece in resp.content.iter_any():
+        body += piece
+        if len(body) > limit:
+            resp.close()
+            return None
+    return bytes(body)
+
+
+def _too_large(status: int) -> Retry:
+    return Retry("server_error", f"{_answered(status)} with more than {format_size(MAX_ANSWER_BYTES)}, "
+                                 f"the most an answer may hold{RETRYING}")
+
+
+async def _call(http: aiohttp.ClientSession, method: str, url: str | URL, key: str, payload: Any,
                 retry: RetryPolicy, on_retry: OnRetry | None, accept: Accept[T], *,
                 handled: frozenset[int] = frozenset()) -> T:
     """One API request, retried through connection failures and glitches until ``accept`` takes the
-    answer (or raises a verdict); ``handled`` statuses go to ``accept`` as they are."""
+    answer (or raises a verdict); ``handled`` statuses go to ``accept`` as they are. 401/403 raise
+    :class:`AuthRefused` saying where the key came from."""
     state = RetryState(retry)
     while True:
         try:
             async with http.request(method, url, json=payload, headers=auth_headers(key),
                                     allow_redirects=False) as resp:
-                status, headers, body = resp.status, resp.headers, await resp.read()
+                status, headers = resp.status, resp.headers
+                body = b"" if status in (401, 403) else await read_bounded(resp)
         except Exception as exc:
-            transient = classify_exception(exc, url)
+            transient = classify_exception(exc, str(url))
             if transient is None:
                 raise
         else:
-            transient = classify_api_answer(status, headers, body, now=time.time(), what=_WHAT,
-                                            handled=handled)
-            if transient is None:
-                try:
-                    return accept(status, headers, body)
-                except UnusableAnswer as e:
-                    transient = e.retry
+            if status in (401, 403):
+                raise AuthRefused(status, key_source(key))
+            if body is None:
+                transient = _too_large(status)
+            else:
+                transient = classify_api_answer(status, headers, body, now=time.time(), what=_WHAT,
+                                                handled=handled)
+                if transient is None:
+                    try:
+                        return accept(status, headers, body)
+                    except UnusableAnswer as e:
+                        transient = e.retry
         await pause(state, transient, on_retry)
 
 
@@ -141,30 +193,63 @@ async def create_batch(http: aiohttp.ClientSession, api_url: str, key: str, file
                        retry or RetryPolicy(), on_retry, created)
 
 
+def _unknown_batch(batch_id: str, headers: Mapping[str, str], body: bytes) -> str:
+    """Why a 404 for a batch is the platform's own answer (a sentence naming the batch), or raise
+    :class:`UnusableAnswer` for a 404 page from a proxy or a wrong route (a glitch: check api.url)."""
+    if json_object(body) is None:
+        kind = describe_body(body, headers.get("Content-Type"))
+        raise UnusableAnswer(f"{_WHAT} answered HTTP 404 with {kind} (check api.url)")
+    detail = detail_text(body)
+    return f"the platform does not know batch {batch_id} (HTTP 404{': ' + detail if detail else ''})"
+
+
 async def get_batch(http: aiohttp.ClientSession, api_url: str, key: str, batch_id: str, *,
                     retry: RetryPolicy | None = None, on_retry: OnRetry | None = None) -> dict[str, Any]:
-    """The batch's JSON (``upload_url``, ``status``...); its upload URL is registered as a secret."""
+    """The batch's JSON (``upload_url``, ``status``...); its upload URL is registered as a secret. The
+    platform's own 404 is :class:`UploadRejected` naming the batch id (a batch id typed wrong)."""
 
     def batch(status: int, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+        if status == 404:
+            raise UploadRejected(_unknown_batch(batch_id, headers, body))
         data = _object(status, headers, body)
         if "upload_url" in data:
             upload_url_of(data, status=status)
         return data
 
     return await _call(http, "GET", batch_url(api_url, batch_id), key, None, retry or RetryPolicy(), on_retry,
-                       batch)
+                       batch, handled=frozenset({404}))
+
+
+async def get_batch_progress(http: aiohttp.ClientSession, api_url: str, key: str, batch_id: str, *,
+                             retry: RetryPolicy) -> dict[str, Any] | None:
+    """The batch's JSON after its upload, for the follow-up; None when the platform answers 404 with its
+    own JSON error (it does not know the batch). A 404 page from a proxy or a wrong route is a glitch."""
+
+    def batch(status: int, headers: Mapping[str, str], body: bytes) -> dict[str, Any] | None:
+        if status == 404:
+            _unknown_batch(batch_id, headers, body)
+            return None
+        data = _object(status, headers, body)
+        if "upload_url" in data:
+            upload_url_of(data, status=status)
+        return data
+
+    return await _call(http, "GET", batch_url(api_url, batch_id), key, None, retry, None, batch,
+                       handled=frozenset({404}))
 
 
 async def check_key(http: aiohttp.ClientSession, api_url: str, key: str, *,
-                    retry: RetryPolicy | None = None, on_retry: OnRetry | None = None) -> None:
-    """List batches once, so a refused key is known at start-up (``AuthRefused``), not at the first
-    upload. An API without a batch list (404/405) raises :class:`UploadRejected`: the first upload will
-    tell instead."""
+                    retry: RetryPolicy | None = None, on_retry: OnRetry | None = None) -> bool:
+    """List batches once, so a refused key is known at start-up (:class:`AuthRefused`: 401/403 only),
+    not at the first upload. The vendor's own client never lists batches, so a platform may not offer
+    it: a 404/405 means the check cannot be made (False), never that the key is refused. True: the
+    platform answered the list with the key."""
 
-    def listed(status: int, headers: Mapping[str, str], body: bytes) -> None:
+    def listed(status: int, headers: Mapping[str, str], body: bytes) -> bool:
         if status in (404, 405):
-            raise UploadRejected(f"{_WHAT} has no batch list (HTTP {status})")
+            return False
         parse_json(status, body, headers.get("Content-Type"))
+        return True
 
-    await _call(http, "GET", batches_url(api_url), key, None, retry or RetryPolicy(), on_retry, listed,
-                handled=frozenset({404, 405}))
+    return await _call(http, "GET", batches_url(api_url), key, None, retry or RetryPolicy(), on_retry, listed,
+                       handled=frozenset({404, 405}))

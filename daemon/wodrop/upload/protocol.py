@@ -72,10 +72,12 @@ class UploadRejected(UploadError):
 
 
 class AuthRefused(UploadError):
-    """The platform API refused the key (401/403): no retry will help until the key changes."""
+    """The platform API refused the key (401/403): no retry will help until the key changes. ``source``
+    says where the key came from (``secrets.key_source``: ``DEEPOMATIC_API_KEY``, ``api.api_key_file
+    (/etc/...)``...), so the message points at what to fix; never the key itself."""
 
-    def __init__(self, status: int) -> None:
-        super().__init__(f"the platform refused the API key (HTTP {status}): check CUSTOMER_API_KEY")
+    def __init__(self, status: int, source: str | None = None) -> None:
+        super().__init__(f"the platform refused the API key (HTTP {status}): check {source or 'the API key'}")
         self.status = status
 
 
@@ -162,10 +164,24 @@ class RetryState:
         limit = self.policy.max_retries
         if limit is not None and self.failures > limit:
             what = retry.message.removesuffix(RETRYING)
-            raise UploadGaveUp(f"{what}, gave up after {self.failures} attempts")
+            plural = "" if self.failures == 1 else "s"
+            raise UploadGaveUp(f"{what}, gave up after {self.failures} attempt{plural}")
         if retry.retry_after is not None:
             return retry.retry_after
         return backoff_delay(self.failures, self.policy.initial_delay, self.policy.max_delay, rand)
+
+
+class JSONTooDeep(ValueError):
+    """JSON nested deeper than the parser goes (``json`` raises RecursionError, not ValueError)."""
+
+
+def load_json(data: bytes | str) -> Any:
+    """``json.loads`` whose every refusal is a ValueError: a hostile ``[[[[…`` nested past the recursion
+    limit is :class:`JSONTooDeep`, bad JSON as ever."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise JSONTooDeep("JSON nested too deeply") from None
 
 
 def detail_text(body: bytes) -> str:
@@ -173,7 +189,7 @@ def detail_text(body: bytes) -> str:
     redacted: servers echo the upload URL, its ``upload_id`` or its path token in their errors."""
     text = body.decode("utf-8", "replace").strip()
     try:
-        data: Any = json.loads(text)
+        data: Any = load_json(text)
     except ValueError:
         data = None
     if isinstance(data, dict):
@@ -219,7 +235,7 @@ def _short(text: str) -> str:
 def json_object(body: bytes) -> dict[str, Any] | None:
     """The body as a JSON object, or None (empty, not JSON, or JSON that is not an object)."""
     try:
-        data = json.loads(body)
+        data = load_json(body)
     except (ValueError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None
@@ -235,7 +251,9 @@ def describe_body(body: bytes, content_type: str | None = None) -> str:
         title = _short(html.unescape(m.group(1).decode("utf-8", "replace"))) if m else ""
         return f"an HTML page ({title!r})" if title else "an HTML page"
     try:
-        data = json.loads(body)
+        data = load_json(body)
+    except JSONTooDeep:
+        return "JSON nested too deeply"
     except (ValueError, UnicodeDecodeError):
         return f"a {ctype} body that is not JSON" if ctype else "a body that is not JSON"
     if isinstance(data, dict):
@@ -344,7 +362,7 @@ def parse_range(value: str | None) -> int:
 def parse_server_copy(body: bytes) -> ServerCopy:
     """The object resource a GCS-like server returns on completion (non-JSON bodies carry nothing)."""
     try:
-        data = json.loads(body) if body else None
+        data = load_json(body) if body else None
     except ValueError:
         data = None
     if not isinstance(data, dict):

@@ -7,9 +7,10 @@ Order (each gap a named fail point, each crash resumable):
 3. PUT spans; after each confirmed offset, DB ``set_offset``          ``upload.span_sent``
 4. the server holds every byte (checked against the expected digest)  ``upload.confirmed``
 The caller then records the outcome (ledger, ``mark_uploaded``). On restart the DB's URL and offset
-are resumed; the server's answer to a status query is the truth, the DB's offset a hint. A session
-the server forgot (404/410) is cleared in the DB and, where the caller may, replaced by a new one
-from byte 0.
+are resumed (the remote batch id registered as public, as the API does for a new one: logs show it,
+the URL stays masked); the server's answer to a status query is the truth, the DB's offset a hint. A
+session the server forgot (404/410) is cleared in the DB and, where the caller may, replaced by a new
+one from byte 0.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import aiohttp
 
 from wodrop.failpoints import failpoint
-from wodrop.redact import register_secret
+from wodrop.redact import register_public, register_secret
 from wodrop.state import StateDB
 from wodrop.upload.bandwidth import Bandwidth
 from wodrop.upload.protocol import ExpectedDigest, RetryPolicy, ServerCopy, SessionExpired
@@ -43,7 +44,8 @@ class SessionHooks:
     on_retry: OnRetry | None = None
     #: called with (remote batch id, resumed offset or None) when a transfer starts
     on_start: Callable[[str | None, int | None], None] | None = None
-    #: bytes handed to the socket so far (a display; ``on_offset`` is what the server confirmed)
+    #: the archive offset reached by the bytes the connection took (a display and the stall check;
+    #: ``on_offset`` is what the server confirmed)
     on_progress: Callable[[int], None] | None = None
 
 
@@ -66,6 +68,7 @@ async def upload_session(
         else:
             remote, url, known = row.remote_batch_id, row.upload_url, row.committed_offset
             register_secret(url)
+        register_public(remote)
         if hooks.on_start is not None:
             hooks.on_start(remote, known)
 

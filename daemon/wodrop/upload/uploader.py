@@ -4,6 +4,11 @@ PUT bodies are streamed from the archive file in pieces (``PIECE`` bytes, read i
 memory stays at a piece or two per upload whatever ``upload.chunk_size`` (the span one PUT carries),
 and a retry re-reads from disk. A span is one request; the server's answer after it (``308`` +
 ``Range``) is what moves the offset, never what was sent.
+
+The offset reached is reported piece by piece as the connection takes the bytes (aiohttp asks for the
+next piece once it wrote the last one, waiting while the socket is full): a stall check or a rate sees
+the data move within a span, not only when the server confirms it at the span's end. Under a bandwidth
+limit a piece is an eighth of a second's worth, so that even a slow link shows steady movement.
 """
 
 from __future__ import annotations
@@ -31,8 +36,17 @@ from wodrop.upload.transport import OnRetry, classify_exception, pause, put
 
 #: bytes read from disk and handed to the socket at a time
 PIECE = 1024 * 1024
-#: bytes per bandwidth-token acquisition under ``upload.max_bandwidth``: a smooth rate
+#: at most this many bytes per bandwidth-token acquisition under ``upload.max_bandwidth``: a smooth rate
 PACED = 64 * 1024
+#: under a limit, a piece is this many seconds' worth (at least ``MIN_PACED`` bytes): at the lowest
+#: limit (1 KiB/s) bytes still move every half second, under ``notify.stall_after``'s 1 s floor
+PACE_SECONDS = 0.125
+MIN_PACED = 512
+
+
+def paced_piece(rate: float) -> int:
+    """Bytes to send per token acquisition at ``rate`` bytes/s."""
+    return max(MIN_PACED, min(PACED, int(rate * PACE_SECONDS)))
 
 
 class _Span:
@@ -55,16 +69,17 @@ class _Span:
             if len(data) != n:
                 self.changed = ArchiveChanged(f"{self.name} is shorter than it was: it changed on disk")
                 raise self.changed
-            if self.limiter is None or self.limiter.rate is None:  # no limit now: whole pieces
-                yield data
-            else:
-                view = memoryview(data)
-                for i in range(0, n, PACED):
-                    await self.limiter.acquire(min(PACED, n - i))
-                    yield bytes(view[i : i + PACED])
+            view, i = memoryview(data), 0
+            while i < n:
+                rate = self.limiter.rate if self.limiter is not None else None
+                size = n - i if rate is None else min(paced_piece(rate), n - i)  # no limit now: the rest
+                if self.limiter is not None and rate is not None:
+                    await self.limiter.acquire(size)
+                yield data if size == n else bytes(view[i : i + size])
+                i += size  # resumed: the connection took the piece
+                if self.on_progress is not None:
+                    self.on_progress(pos + i)
             pos += n
-            if self.on_progress is not None:
-                self.on_progress(pos)
 
 
 async def upload_archive(
@@ -86,8 +101,9 @@ async def upload_archive(
 
     ``known_offset`` is the last offset the server confirmed (from the state DB): a hint, checked by
     a status query. ``on_offset(n)`` runs after every newly confirmed offset so the caller can
-    persist it; ``on_retry(cause, delay, message)`` before every backoff; ``on_progress(n)`` as bytes
-    are handed to the socket (for progress displays only: not confirmed, never persisted). Returns
+    persist it; ``on_retry(cause, delay, message)`` before every backoff; ``on_progress(offset)`` as the
+    connection takes body bytes, with the archive offset they reach (a display and the stall check: not
+    confirmed, never persisted; it goes back when bytes are sent again). Returns
     what the server reported about its copy, after checking it against ``expected`` when given.
     Raises the ``UploadError``s of :mod:`wodrop.upload.protocol`.
     """

@@ -17,6 +17,8 @@ METADATA = "metadata.json"
 PARAMETERS = "parameters.json"
 JSON_FILES = (METADATA, PARAMETERS)
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png"})
+#: other extensions of JPEG files (Windows saves web images as .jfif): the platform takes only the above
+JPEG_ALIASES = frozenset({"jfif", "jpe", "jif", "jfi"})
 
 # Written by macOS, Windows and Synology/QNAP NAS boxes: never part of a work order.
 _JUNK_NAMES = frozenset(n.casefold() for n in (".DS_Store", "Thumbs.db", "desktop.ini", "@eaDir", "#recycle"))

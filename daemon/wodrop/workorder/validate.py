@@ -27,6 +27,7 @@ from typing import Any
 from wodrop.config import FormatConfig
 from wodrop.workorder.images import check_image
 from wodrop.workorder.names import (
+    JPEG_ALIASES,
     JSON_FILES,
     METADATA,
     PARAMETERS,
@@ -339,6 +340,10 @@ class _Scan:
                   "to finish, or remove it"
         elif name.lower() in JSON_FILES:
             why = f"must be named {name.lower()} exactly (lower case). Rename it"
+        elif ext in JPEG_ALIASES:  # the content is checked once it has a name the platform takes
+            stem, _, raw = shown.rpartition(".")
+            why = f"is a JPEG photo by its name (.{raw} is JPEG), but the platform takes only .jpg, .jpeg " \
+                  f"and .png names. Rename it to {stem}.jpg"
         elif ext in _OTHER_IMAGE_TYPES:
             why = f"is a {ext.upper()} file; the platform accepts only JPEG and PNG. Convert it to JPEG"
         else:
