@@ -28,7 +28,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults_without_a_file() -> None:
     cfg = load_config(None, environ={})
     assert cfg == Config()
-    assert cfg.batch.max_bytes == 512 * 1024**2 and cfg.upload.read_timeout == 300.0
+    assert cfg.batch.max_bytes == 128 * 1024**2 and cfg.upload.read_timeout == 300.0
 
 
 def test_sizes_and_durations(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ The state DB holds what must survive a crash; this holds what only matters while
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from wodrop.config import Config
@@ -38,13 +39,15 @@ class UploadProgress:
     progressed_at: float = field(init=False)
     #: (monotonic time, ``furthest``) over the last :data:`RATE_WINDOW` seconds and one before
     samples: list[tuple[float, int]] = field(init=False)
+    #: where "now" comes from (tests freeze it: the rate depends on when it is read)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.restart(self.sent, self.started)
 
     def restart(self, offset: int = 0, now: float | None = None) -> None:
         """A new session (after an expiry) sends from ``offset`` again: progress counts from there."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         self.sent = self.furthest = offset
         self.progressed_at = now
         self.samples = [(now, offset)]
@@ -53,7 +56,7 @@ class UploadProgress:
         self.sent = offset
         if offset <= self.furthest:
             return
-        now = time.monotonic()
+        now = self.clock()
         self.furthest, self.progressed_at = offset, now
         if len(self.samples) >= 2 and now - self.samples[-2][0] < _SAMPLE_EVERY:
             self.samples[-1] = (now, offset)
@@ -66,7 +69,7 @@ class UploadProgress:
     def rate(self) -> float:
         """New bytes/s over the last :data:`RATE_WINDOW` seconds (what moves the upload on; 0 while it
         only sends bytes again, or nothing)."""
-        now = time.monotonic()
+        now = self.clock()
         span = min(RATE_WINDOW, max(now - self.started, 1.0))  # no spike from the first burst
         since = now - span
         before = next((f for t, f in reversed(self.samples) if t <= since), self.samples[0][1])

@@ -87,5 +87,6 @@ def populate(root: Path) -> StatusFixture:
     progress.started = now - 8.0  # 12.3 MiB/s since it started 8 s ago
     progress.samples = [(now - 8.0, int(100 * MiB - 8 * 12.3 * MiB)), (now, 100 * MiB)]
     progress.furthest = 100 * MiB
+    progress.clock = lambda: now  # the rate is read later, on a machine that may be slow: keep it 12.3
     rt.uploads[up] = progress
     return StatusFixture(cfg, config_path, db, rt, up, done)
