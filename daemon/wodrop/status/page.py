@@ -128,16 +128,21 @@ def _active(batches: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
+def _error_items(errors: list[dict[str, Any]]) -> str:
+    """A report's errors as list items: code, file, message (the shape of error.json and platform.json)."""
+    return "".join(
+        f"<li><b>{_e(e['code'])}</b>{' (' + _e(e['file']) + ')' if e['file'] else ''}: "
+        f"{_e(e['message'])}</li>"
+        for e in errors
+    )
+
+
 def _failures(failures: list[dict[str, Any]], now: datetime) -> str:
     if not failures:
         return '<p class="empty">No failed work orders.</p>'
     rows = []
     for f in failures:
-        reasons = "".join(
-            f"<li><b>{_e(e['code'])}</b>{' (' + _e(e['file']) + ')' if e['file'] else ''}: "
-            f"{_e(e['message'])}</li>"
-            for e in f["errors"]
-        ) or "<li>no reason recorded</li>"
+        reasons = _error_items(f["errors"]) or "<li>no reason recorded</li>"
         rows.append(
             f'<tr><td class="mono">{_e(f["work_order"])}</td><td>{_e(f["stage"])}</td>'
             f'<td><ul class="reasons">{reasons}</ul></td>'
@@ -197,11 +202,7 @@ def _platform_errors(reported: list[dict[str, Any]], now: datetime) -> str:
         return ""
     rows = []
     for r in reported:
-        reasons = "".join(
-            f"<li><b>{_e(e['code'])}</b>{' (' + _e(e['file']) + ')' if e['file'] else ''}: "
-            f"{_e(e['message'])}</li>"
-            for e in r["errors"]
-        )
+        reasons = _error_items(r["errors"])
         rows.append(
             f'<tr><td class="mono">{_e(r["work_order"])}</td><td class="mono">{_e(r["batch"])}</td>'
             f'<td><ul class="reasons">{reasons}</ul></td>'
