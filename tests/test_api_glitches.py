@@ -409,3 +409,43 @@ async def test_wodrop_upload_survives_api_glitches(tmp_path: Path, rx_factory: A
     assert [r["message"] for r in retries] == [GLITCHES["200 {}"][1] + "; retrying",
                                                GLITCHES["200 html"][1] + "; retrying"]
     assert KEY not in stdout + stderr
+
+
+async def test_an_upload_server_answer_past_the_bound_is_a_dropped_connection(
+    http: aiohttp.ClientSession,
+) -> None:
+    """The upload server's answers are bounded too: a PUT answered with a body far past
+    MAX_ANSWER_BYTES is not read whole (the protocol sees a connection failure: query, then resume)."""
+    from wodrop.upload.transport import put
+
+    total, written = 16 * api.MAX_ANSWER_BYTES, [0]
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(status=308)
+        await resp.prepare(request)
+        try:
+            while written[0] < total:
+                await resp.write(b"x" * 65_536)
+                written[0] += 65_536
+        except (ConnectionError, RuntimeError):
+            pass
+        return resp
+
+    app = web.Application()
+    app.router.add_put("/upload", flood)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"0123456789"
+
+        with pytest.raises(aiohttp.ClientPayloadError, match="more than"):
+            await put(http, f"http://127.0.0.1:{port}/upload", body(), 10,
+                      {"Content-Range": "bytes 0-9/100"})
+    finally:
+        await runner.cleanup()
+    assert written[0] < total // 2

@@ -42,15 +42,12 @@ from wodrop.upload.protocol import (
     json_object,
     load_json,
 )
-from wodrop.upload.transport import OnRetry, classify_exception, pause
+from wodrop.upload.transport import MAX_ANSWER_BYTES, OnRetry, classify_exception, pause, read_bounded
 
 T = TypeVar("T")
 #: reads a final answer ``(status, headers, body)``; raises UnusableAnswer for a glitch to retry
 Accept = Callable[[int, Mapping[str, str], bytes], T]
 _WHAT = "the platform API"
-#: the most an API answer may hold (a batch's answer with thousands of errors is well below): a larger
-#: one is not read further (a glitch, retried), so a hostile or broken server cannot fill the memory
-MAX_ANSWER_BYTES = 4 * 1024 * 1024
 
 
 def batches_url(api_url: str) -> str:
@@ -127,21 +124,6 @@ def parse_created(data: Mapping[str, Any], *, status: int | None = None) -> tupl
 
 def _object(status: int, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
     return parse_answer(status, body, headers.get("Content-Type"))
-
-
-async def read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes | None:
-    """The answer's body, or None when it holds more than ``limit`` bytes: then no more is read (nor held)
-    and the connection is dropped rather than drained."""
-    if resp.content_length is not None and resp.content_length > limit:
-        resp.close()
-        return None
-    body = bytearray()
-    async for piece in resp.content.iter_any():
-        body += piece
-        if len(body) > limit:
-            resp.close()
-            return None
-    return bytes(body)
 
 
 def _too_large(status: int) -> Retry:

@@ -22,6 +22,25 @@ from wodrop.redact import redact
 from wodrop.upload.protocol import Retry, RetryPolicy, RetryState
 
 OnRetry = Callable[[str, float, str], None]
+#: the most an answer of the API or the upload server may hold (a batch's answer with thousands of
+#: errors is well below): a larger one is not read further (a glitch, retried), so a hostile or broken
+#: server cannot fill the memory
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int = MAX_ANSWER_BYTES) -> bytes | None:
+    """The answer's body, or None when it holds more than ``limit`` bytes: then no more is read (nor held)
+    and the connection is dropped rather than drained."""
+    if resp.content_length is not None and resp.content_length > limit:
+        resp.close()
+        return None
+    body = bytearray()
+    async for piece in resp.content.iter_any():
+        body += piece
+        if len(body) > limit:
+            resp.close()
+            return None
+    return bytes(body)
 
 
 def retry_policy(cfg: UploadConfig, *, forever: bool = False) -> RetryPolicy:
@@ -48,7 +67,10 @@ async def put(http: aiohttp.ClientSession, url: str, body: AsyncIterable[bytes] 
     (status, headers, response body). The explicit Content-Length keeps it a plain, unchunked body."""
     sent = {**headers, "Content-Length": str(length)}
     async with http.put(url, data=body if length else b"", headers=sent, allow_redirects=False) as resp:
-        return resp.status, resp.headers, await resp.read()
+        answer = await read_bounded(resp)
+        if answer is None:  # a connection failure as far as the protocol cares: query, then resume
+            raise aiohttp.ClientPayloadError(f"an answer of more than {MAX_ANSWER_BYTES} bytes")
+        return resp.status, resp.headers, answer
 
 
 def _host(url: str) -> str:
