@@ -314,3 +314,19 @@ def test_a_damaged_spool_archive_is_never_uploaded_and_its_work_orders_are_packe
             d.wait_for(lambda: d.names_in("done") == {"WO_Z1", "WO_Z2"}, timeout=90, what="done")
             assert any(e.get("event") == "batch_archive_lost" for e in d.events())
     assert sorted(received_work_orders(rx.store)) == ["WO_Z1", "WO_Z2"]
+
+
+def test_a_symlink_dropped_in_the_inbox_is_left_alone_with_a_hint(tmp_path: Path) -> None:
+    """Found by a hostile tester: a link to a work order sat in the inbox with nothing said."""
+    with ReceiverThread(tmp_path / "rx") as rx:
+        cfg = write_config(tmp_path, rx.url)
+        with DaemonProcess(cfg) as d:
+            (tmp_path / "elsewhere").mkdir()
+            target = drop_atomically(tmp_path / "staging", tmp_path / "elsewhere", "WO_REAL")
+            (d.paths["inbox"] / "WO_LINK").symlink_to(target, target_is_directory=True)
+            d.wait_for(lambda: any(e.get("event") == "inbox_stray_file" and e.get("name") == "WO_LINK"
+                                   and "symbolic link" in e.get("hint", "") for e in d.events()),
+                       what="the link reported")
+            _drop(tmp_path, d.paths["inbox"], ["WO_1"])
+            d.wait_for(lambda: d.names_in("done") == {"WO_1"}, what="the others flow")
+            assert (d.paths["inbox"] / "WO_LINK").is_symlink() and (target / "task_A-0.jpg").exists()

@@ -118,7 +118,7 @@ def test_junk_ready_marker_and_ordinary_names() -> None:
 
 
 @pytest.mark.parametrize("name", ["A-1.jpg.part", "x.partial", "x.TMP", "x.filepart", "x.crdownload",
-                                  "~$report.docx", ".~lock.x#", ".syncthing.A-1.jpg.tmp"])
+                                  "A-1.jpg.download", "~$report.docx", ".~lock.x#", ".syncthing.A-1.jpg.tmp"])
 def test_temp(name: str) -> None:
     assert is_temp(name)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -113,8 +114,10 @@ class Intake:
                 self.restart_watcher.set()
                 log.info("inbox_reachable_again", inbox=str(cfg.paths.inbox))
             for s in set(scan.strays) - self._strays:
+                linked = os.path.islink(cfg.paths.inbox / s)
                 log.warning("inbox_stray_file", name=display_name(s),
-                            hint="only folders are work orders; this file is left alone")
+                            hint="a symbolic link: wodrop never follows links; move the folder itself in"
+                            if linked else "only folders are work orders; this file is left alone")
             self._strays = set(scan.strays)
             await self._record_unrecorded(out)
             now = time.monotonic()

@@ -23,7 +23,8 @@ JPEG_ALIASES = frozenset({"jfif", "jpe", "jif", "jfi"})
 # Written by macOS, Windows and Synology/QNAP NAS boxes: never part of a work order.
 _JUNK_NAMES = frozenset(n.casefold() for n in (".DS_Store", "Thumbs.db", "desktop.ini", "@eaDir", "#recycle"))
 # Names copy tools, browsers, editors and sync tools give files that are still being written.
-TEMP_PATTERNS = ("*.part", "*.partial", "*.tmp", "*.filepart", "*.crdownload", "~$*", ".~*", ".syncthing.*")
+TEMP_PATTERNS = ("*.part", "*.partial", "*.tmp", "*.filepart", "*.crdownload", "*.download", "~$*", ".~*",
+                 ".syncthing.*")
 # Greedy group + fullmatch: the suffix is the last ``-<ASCII digits>`` of the stem.
 _SUFFIX = re.compile(r"(.*)-([0-9]+)", re.DOTALL)
 
